@@ -11,10 +11,13 @@ import sys
 import typer
 
 from tandemseg.cli import data as data_cli
+from tandemseg.cli import models as models_cli
 from tandemseg.errors import TandemsegError
 
 app = typer.Typer(help="tandemseg: edge-cloud collaborative semantic segmentation.", no_args_is_help=True, add_completion=False)
 app.add_typer(data_cli.app, name="data", help="Inspect datasets and shifts: preview grids, statistics.")
+app.command("train", help="Train a device or cloud segmenter.")(models_cli.train)
+app.command("eval", help="Evaluate a checkpoint on a dataset split, clean or shifted.")(models_cli.eval_cmd)
 
 
 def main() -> None:
