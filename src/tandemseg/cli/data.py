@@ -57,20 +57,21 @@ def stats(
     result = dataset_stats(dataset, limit=limit, progress=lambda items, total: track(items, total, f"{split} frames"))
     payload = {"dataset": dataspec, "split": split, **result}
     out.print(_stats_table(payload))
+    sizes = ", ".join(f"{hw} ({count})" for hw, count in payload["image_sizes"].items()) or "-"
+    out.print(f"frames: {payload['frames']}   image sizes (HxW): {sizes}   ignored pixels: {_pct(payload['ignored_fraction'])}")
     write_json(json_path, payload)
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.2f}%"
+    """A share as a percentage; '-' when undefined, '<0.01%' rather than a misleading 0.00%."""
+    if value is None or value != value:
+        return "-"
+    return "<0.01%" if 0 < value < 5e-5 else f"{100 * value:.2f}%"
 
 
 def _stats_table(payload: dict) -> Table:
-    """The per-class frequency table, with frame count, sizes and ignored share in the caption."""
-    sizes = ", ".join(f"{hw} x{count}" for hw, count in payload["image_sizes"].items()) or "-"
-    table = Table(
-        title=f"{payload['dataset']} ({payload['split']}): {payload['frames']} frames",
-        caption=f"image sizes (HxW): {sizes}; ignored pixels: {_pct(payload['ignored_fraction'])}",
-    )
+    """The per-class pixel-frequency table."""
+    table = Table(title=f"{payload['dataset']} ({payload['split']}): {payload['frames']} frames")
     table.add_column("id", justify="right")
     table.add_column("class")
     table.add_column("share of labelled pixels", justify="right")

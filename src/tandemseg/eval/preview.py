@@ -48,16 +48,15 @@ def preview_grid(
     from matplotlib.figure import Figure
 
     rows = list(indices) if indices is not None else spread_indices(len(dataset), n)
+    samples = [dataset[i] for i in rows]
     titles = ["image", "label"] + ([shift_label] if shifted is not None else [])
-    first = dataset[rows[0]].image
-    aspect = first.shape[0] / first.shape[1]
+    aspect = samples[0].image.shape[0] / samples[0].image.shape[1]
     legend_rows = (dataset.classes.num_classes + 1 + LEGEND_COLUMNS - 1) // LEGEND_COLUMNS
     height = (CELL_INCHES * aspect + 0.15) * len(rows) + 0.3 + 0.2 * legend_rows
     fig = Figure(figsize=(CELL_INCHES * len(titles), height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), len(titles), squeeze=False)
-    for r, idx in enumerate(rows):
-        sample = dataset[idx]
+    for r, (idx, sample) in enumerate(zip(rows, samples, strict=True)):
         cells = [sample.image, dataset.classes.colorize(sample.label)]
         if shifted is not None:
             cells.append(shifted[idx].image)

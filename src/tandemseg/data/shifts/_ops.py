@@ -151,7 +151,7 @@ def resize_plane(plane: np.ndarray, size_hw: tuple[int, int], box: tuple[float, 
                  resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
     """Resize one float32 plane with PIL (mode 'F'); `box` = (left, top, right, bottom) source region."""
     im = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
-    return np.asarray(im.resize((size_hw[1], size_hw[0]), resample, box=box), dtype=np.float32)
+    return np.array(im.resize((size_hw[1], size_hw[0]), resample, box=box), dtype=np.float32)
 
 
 def center_zoom(x: np.ndarray, factor: float) -> np.ndarray:
