@@ -10,14 +10,26 @@ import sys
 
 import typer
 
+from tandemseg.cli import bench as bench_cli
 from tandemseg.cli import data as data_cli
+from tandemseg.cli import demo as demo_cli
 from tandemseg.cli import models as models_cli
+from tandemseg.cli import offload as offload_cli
+from tandemseg.cli import service as service_cli
 from tandemseg.errors import TandemsegError
 
 app = typer.Typer(help="tandemseg: edge-cloud collaborative semantic segmentation.", no_args_is_help=True, add_completion=False)
 app.add_typer(data_cli.app, name="data", help="Inspect datasets and shifts: preview grids, statistics.")
 app.command("train", help="Train a device or cloud segmenter.")(models_cli.train)
 app.command("eval", help="Evaluate a checkpoint on a dataset split, clean or shifted.")(models_cli.eval_cmd)
+app.command("fit-uncertainty", help="Fit the ACDC uncertainty matrix U on a device model's outputs.")(offload_cli.fit_uncertainty)
+app.command("collab", help="Collaborative evaluation: device + cloud on selected frames; policies, budgets, sweeps.")(offload_cli.collab)
+app.add_typer(bench_cli.app, name="bench", help="Benchmark models (params, FLOPs, latency, memory) and the data pipeline.")
+app.command("export-onnx", help="Export a checkpoint to ONNX and check parity with PyTorch.")(bench_cli.export_onnx_cmd)
+app.command("demo", help="Run the whole edge-cloud job on the embedded synthetic scenes.")(demo_cli.demo)
+app.command("serve", help="Serve the cloud model over HTTP (FastAPI + uvicorn, or Ray Serve with --ray).")(service_cli.serve)
+app.command("device", help="Stream frames through the device runtime with the HTTP link to a server.")(service_cli.device)
+app.command("loadtest", help="Simulate K concurrent devices against a server: throughput, latency, errors.")(service_cli.loadtest)
 
 
 def main() -> None:
@@ -29,7 +41,15 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here with standalone_mode=False
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.exceptions.TyperException as e:  # usage errors (typer >= 0.2x bundles its own click)
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # older typer raises click's own exceptions
         import click
 
         if isinstance(e, click.exceptions.ClickException):

@@ -25,6 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from tandemseg.device.uncertainty import closed_form_from_moments, frame_stats, rescale_like
+from tandemseg.models.blocks import resize
 
 MASK_MODES = ("rows_cols", "outer")  # rows_cols: (m 1^T + 1 m^T) > 0 (default); outer: m m^T (ablation)
 
@@ -40,22 +44,6 @@ class DcamEvidence:
     @property
     def any_flagged(self) -> bool:
         return bool(self.class_mask.any())
-
-
-def resize_label_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resample of an (H, W) label map to (h, w), sampling at pixel centres.
-
-    The pseudo-label is at full resolution while the device's probabilities are at its coarse output
-    resolution (eq. 5 defines p(x) in R^{C x H/s x W/s}); the statistics are computed where the device's
-    probabilities live, so the label comes down to them rather than the probabilities up.
-    """
-    h_in, w_in = label.shape
-    h, w = size
-    if (h, w) == (h_in, w_in):
-        return label
-    rows = np.minimum(((np.arange(h) + 0.5) * h_in / h).astype(np.int64), h_in - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * w_in / w).astype(np.int64), w_in - 1)
-    return label[rows[:, None], cols[None, :]]
 
 
 def class_disagreement(device_pred: np.ndarray, pseudo: np.ndarray, num_classes: int, valid: np.ndarray) -> np.ndarray:
@@ -81,37 +69,20 @@ def matrix_mask(m: np.ndarray, mode: str = "rows_cols") -> np.ndarray:
     return (m[:, None] | m[None, :]) if mode == "rows_cols" else (m[:, None] & m[None, :])
 
 
-def frame_statistics(device_probs: np.ndarray, pseudo: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 5 for one frame: q+ = (1/HW) sum p(x) 1{y_dev = y_pseudo}, q- = (1/HW) sum p(x) 1{y_dev != y_pseudo}.
+def closed_form_u_new(
+    device_probs: np.ndarray, pseudo: np.ndarray, ignore_index: int, stats: str = "pixels", lam: float = 0.5, gamma: float = 1.0,
+) -> np.ndarray:
+    """U_new of Alg. 2 line 4: eq. 5 statistics of this frame (pseudo-label as y), then eq. 19 (sign of eq. 18).
 
-    The pseudo-label stands in for the ground truth y; ignored pixels count in neither sum nor in HW.
+    Uses the device's own eq. 5 reading and closed form (device/uncertainty.py) so that U_new and the
+    fitted U are the same kind of object. An empty positive (negative) set contributes a zero moment.
     """
-    probs = device_probs.reshape(device_probs.shape[0], -1).astype(np.float64)[:, valid.reshape(-1)]
-    device_pred = device_probs.argmax(0).reshape(-1)[valid.reshape(-1)]
-    correct = device_pred == pseudo.reshape(-1)[valid.reshape(-1)]
-    n = max(int(valid.sum()), 1)
-    return (probs * correct).sum(1) / n, (probs * ~correct).sum(1) / n
-
-
-def _fallback_closed_form_u(q_pos: np.ndarray, q_neg: np.ndarray, lam: float = 0.5, gamma: float = 1.0) -> np.ndarray:
-    """Eq. 18 solved for U when tandemseg.device.uncertainty is unavailable.
-
-    dL/dU = (1-lam) E+[q q^T] - lam E-[q q^T] + 2 gamma U = 0 gives U = (lam E- - (1-lam) E+) / (2 gamma):
-    eq. 19 as printed has the opposite sign, which would *minimise* the score of negatives.
-    """
-    q_pos, q_neg = np.atleast_2d(q_pos), np.atleast_2d(q_neg)
-    e_pos = q_pos.T @ q_pos / len(q_pos)
-    e_neg = q_neg.T @ q_neg / len(q_neg)
-    return (lam * e_neg - (1.0 - lam) * e_pos) / (2.0 * gamma)
-
-
-def closed_form_u(q_pos: np.ndarray, q_neg: np.ndarray) -> np.ndarray:
-    """U from positive/negative statistics: the device's own closed form (device/uncertainty.py) when present."""
-    try:
-        from tandemseg.device.uncertainty import closed_form_u as device_closed_form
-    except ImportError:
-        return _fallback_closed_form_u(q_pos, q_neg)
-    return np.asarray(device_closed_form(np.atleast_2d(q_pos), np.atleast_2d(q_neg)), dtype=np.float64)
+    st = frame_stats(torch.from_numpy(device_probs), torch.from_numpy(pseudo), ignore_index)
+    q_pos, q_neg = st.vectors(stats)
+    zero = np.zeros(device_probs.shape[0])
+    m_pos = np.outer(q_pos, q_pos) if q_pos is not None else np.outer(zero, zero)
+    m_neg = np.outer(q_neg, q_neg) if q_neg is not None else np.outer(zero, zero)
+    return closed_form_from_moments(m_pos, m_neg, lam, gamma)
 
 
 def check_inputs(u: np.ndarray, device_probs: np.ndarray, pseudo_label: np.ndarray, alpha: float) -> None:
@@ -128,36 +99,71 @@ def check_inputs(u: np.ndarray, device_probs: np.ndarray, pseudo_label: np.ndarr
         raise ValueError("U and device_probs must be finite (no NaN/inf)")
 
 
-def dcam_evidence(
-    device_probs: np.ndarray, pseudo_label: np.ndarray, ignore_index: int = 255, min_disagreement: float = 0.0
-) -> DcamEvidence:
-    """Step 1 of Alg. 2 (lines 3-4): class mask (eq. 13) and U_new (eq. 5 + 19) for one frame."""
-    num_classes = device_probs.shape[0]
-    pseudo = resize_label_nearest(np.asarray(pseudo_label), device_probs.shape[1:])
+@dataclass(frozen=True)
+class DcamSettings:
+    """How U_new is fitted (must match how the device's U was fitted: UncertaintyMatrix.meta) and how eq. 13-14 read."""
+
+    stats: str = "pixels"  # eq. 5 reading (device/uncertainty.py STATS_READINGS)
+    lam: float = 0.5  # eq. 6 lambda
+    gamma: float = 1.0  # eq. 6 gamma
+    min_disagreement: float = 0.0  # eq. 13: flag class c when 1 - IoU_c(device, pseudo) > this (0 = any pixel)
+    mode: str = "rows_cols"  # eq. 14 mask: rows and columns of flagged classes | outer (m m^T)
+    rescale: bool = True  # scale U_new to ||U||_F before blending (ranking by eq. 9 is scale-free; like with like)
+
+    @classmethod
+    def from_meta(cls, meta: dict, **overrides) -> DcamSettings:
+        """Settings that follow a fitted U's metadata (keys stats / lam / gamma when recorded)."""
+        known = {k: meta[k] for k in ("stats", "lam", "gamma") if k in meta}
+        return cls(**{**known, **overrides})
+
+
+def full_res_probs(device_probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The device's coarse probabilities (C, h, w) upsampled bilinearly to the pseudo-label's (H, W) (as eq. 4 upsamples).
+
+    Only probabilities travel (uint8, wire/payload.py), so they are upsampled rather than logits; argmax can differ
+    from the device's own map at a few boundary pixels.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(device_probs, dtype=np.float32))[None]
+    return resize(t, size)[0].numpy()
+
+
+def dcam_evidence(device_probs: np.ndarray, pseudo_label: np.ndarray, ignore_index: int = 255, settings: DcamSettings = DcamSettings()) -> DcamEvidence:
+    """Alg. 2 lines 3-4 for one frame: the class mask (eq. 13) and U_new (eq. 5 + 19), both at the frame's resolution.
+
+    The device's probabilities come up to the pseudo-label's resolution (as the device fit of U does), so
+    y_device is the device's full-resolution prediction, exactly what the user sees.
+    """
+    pseudo = np.asarray(pseudo_label).astype(np.int64)
+    probs = full_res_probs(device_probs, pseudo.shape)
+    num_classes = probs.shape[0]
     valid = (pseudo != ignore_index) & (pseudo >= 0) & (pseudo < num_classes)
-    device_pred = device_probs.argmax(0)
-    disagreement = class_disagreement(device_pred, pseudo, num_classes, valid)
-    q_pos, q_neg = frame_statistics(device_probs, pseudo, valid)
-    return DcamEvidence(class_mask(disagreement, min_disagreement), closed_form_u(q_pos, q_neg), disagreement)
+    disagreement = class_disagreement(probs.argmax(0), pseudo, num_classes, valid)
+    u_new = closed_form_u_new(probs, pseudo, ignore_index, settings.stats, settings.lam, settings.gamma)
+    return DcamEvidence(class_mask(disagreement, settings.min_disagreement), u_new, disagreement)
 
 
-def dcam_blend(u: np.ndarray, evidence: DcamEvidence, alpha: float, mode: str = "rows_cols") -> tuple[np.ndarray, bool]:
-    """Step 2 of Alg. 2 (line 5), eq. 14: U' = ((1-alpha) U + alpha U_new) * M + U * (1 - M)."""
+def dcam_blend(u: np.ndarray, evidence: DcamEvidence, alpha: float, mode: str = "rows_cols", rescale: bool = True) -> tuple[np.ndarray, bool]:
+    """Alg. 2 line 5, eq. 14: U' = ((1 - alpha) U + alpha U_new) * M + U * (1 - M), M = matrix_mask(m)."""
     if not evidence.any_flagged or alpha == 0.0:
         return u, False
+    u_new = rescale_like(evidence.u_new, u) if rescale else evidence.u_new
     mask = matrix_mask(evidence.class_mask, mode)
-    blended = (1.0 - alpha) * u + alpha * evidence.u_new.astype(u.dtype, copy=False)
-    new_u = np.where(mask, blended, u)
+    new_u = np.where(mask, (1.0 - alpha) * u + alpha * u_new, u).astype(u.dtype, copy=False)
     return new_u, not np.array_equal(new_u, u)
 
 
 def dcam_update(
     u: np.ndarray, device_probs: np.ndarray, pseudo_label: np.ndarray, alpha: float, ignore_index: int = 255,
-    min_disagreement: float = 0.0, mode: str = "rows_cols",
+    settings: DcamSettings | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """Return (U', changed) for one uploaded frame. u: (C,C); device_probs: (C,h,w) in [0,1]; pseudo_label: (H,W)."""
+    """Return (U', changed) for one uploaded frame. u: (C,C); device_probs: (C,h,w) in [0,1]; pseudo_label: (H,W).
+
+    `settings` default to the device fit's defaults (eq. 5 'pixels', lambda 0.5, gamma 1), the rows-and-columns
+    mask and the any-pixel reading of eq. 13; pass DcamSettings.from_meta(U.meta) to follow a fitted U.
+    """
     u = np.asarray(u)
     device_probs = np.asarray(device_probs)
     check_inputs(u, device_probs, np.asarray(pseudo_label), alpha)
-    evidence = dcam_evidence(device_probs, pseudo_label, ignore_index, min_disagreement)
-    return dcam_blend(u, evidence, alpha, mode)
+    s = settings or DcamSettings()
+    evidence = dcam_evidence(device_probs, pseudo_label, ignore_index, s)
+    return dcam_blend(u, evidence, alpha, s.mode, s.rescale)

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from typing import Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Protocol
 
 from tandemseg.wire.messages import CloudReply, UploadRequest
+
+if TYPE_CHECKING:
+    from tandemseg.cloud.service import CloudService
 
 
 class CloudLink(Protocol):
@@ -18,3 +21,33 @@ class CloudLink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class InProcessLink:
+    """A CloudLink that calls a `CloudService` in this process (offline experiments).
+
+    By default `submit` runs the service synchronously and returns a completed future, so a run is
+    deterministic and never competes with itself for CPU; `threaded=True` runs it on one worker thread
+    instead, which lets the device go on while the cloud computes (as over a network).
+    """
+
+    def __init__(self, service: CloudService, threaded: bool = False) -> None:
+        self.service = service
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud") if threaded else None
+
+    def _call(self, request: UploadRequest) -> CloudReply:
+        return self.service.segment_batch([request])[0]
+
+    def submit(self, request: UploadRequest) -> Future[CloudReply]:
+        if self._executor is not None:
+            return self._executor.submit(self._call, request)
+        future: Future[CloudReply] = Future()
+        try:
+            future.set_result(self._call(request))
+        except Exception as e:  # the device must see the failure through the future, as with any link
+            future.set_exception(e)
+        return future
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

@@ -141,4 +141,7 @@ def check_state_matches(model: nn.Module, state: dict[str, torch.Tensor], where:
         )
     for k, v in expected.items():
         if state[k].shape != v.shape:
-            raise CheckpointError(f"{where}: tensor {k} has shape {tuple(state[k].shape)} but the card's architecture needs {tuple(v.shape)}")
+            raise CheckpointError(
+                f"{where}: tensor {k} has shape {tuple(state[k].shape)} but the card's architecture needs {tuple(v.shape)}; "
+                f"the card and weights come from different models (copy both files from the same checkpoint folder)"
+            )

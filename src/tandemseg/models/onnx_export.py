@@ -62,16 +62,16 @@ class AntialiasResize(nn.Module):
     def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         super().__init__()
         self.in_hw, self.out_hw = tuple(in_hw), tuple(out_hw)
-        ih, iw = _axis_taps(in_hw[0], out_hw[0])
-        jw_idx, jw = _axis_taps(in_hw[1], out_hw[1])
-        self.register_buffer("h_idx", ih.flatten(), persistent=False)
-        self.register_buffer("h_w", iw[:, :, None], persistent=False)  # (h, T, 1): broadcasts over width
-        self.register_buffer("w_idx", jw_idx.flatten(), persistent=False)
-        self.register_buffer("w_w", jw, persistent=False)  # (w, T)
-        self.h_taps, self.w_taps = ih.shape[1], jw_idx.shape[1]
+        h_idx, h_w = _axis_taps(in_hw[0], out_hw[0])
+        w_idx, w_w = _axis_taps(in_hw[1], out_hw[1])
+        self.register_buffer("h_idx", h_idx.flatten(), persistent=False)
+        self.register_buffer("h_w", h_w[:, :, None], persistent=False)  # (h, T, 1): broadcasts over width
+        self.register_buffer("w_idx", w_idx.flatten(), persistent=False)
+        self.register_buffer("w_w", w_w, persistent=False)  # (w, T)
+        self.h_taps, self.w_taps = h_idx.shape[1], w_idx.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (h, w), (_, iw) = self.out_hw, self.in_hw
+        h, w = self.out_hw
         # Height: (N,C,H,W) -> gather (N,C,h*T,W) -> (N,C,h,T,W) -> weighted sum over taps.
         y = x.index_select(2, self.h_idx).unflatten(2, (h, self.h_taps))
         y = (y * self.h_w).sum(3)  # (N, C, h, W)

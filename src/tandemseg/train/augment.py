@@ -29,7 +29,9 @@ def corrupt(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> 
     """With probability corrupt_p apply one of cfg.corruptions at a random severity."""
     if not cfg.corruptions or rng.random() >= cfg.corrupt_p:
         return image
-    from tandemseg.data.shifts.registry import SHIFTS  # the registry is large; only training with corruptions needs it
+    from tandemseg.data.shifts.registry import (
+        SHIFTS,  # the registry is large; only training with corruptions needs it
+    )
 
     name = cfg.corruptions[rng.integers(len(cfg.corruptions))]
     return SHIFTS[name](image, int(rng.integers(1, 6)), rng)

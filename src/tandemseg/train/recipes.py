@@ -23,4 +23,4 @@ def default_recipe(kind: str, data_kind: str) -> TrainConfig:
         aug = AugmentConfig(crop=(256, 352), scale_range=(0.5, 1.75), color_jitter=0.3)
         return TrainConfig(epochs=10 if synthetic else 50, batch_size=8, lr=3e-3, augment=aug, val_every=1 if synthetic else 5)
     aug = AugmentConfig(crop=(256, 320), scale_range=(0.5, 1.75), color_jitter=0.4, corruptions=CLOUD_TRAIN_CORRUPTIONS, corrupt_p=0.5)
-    return TrainConfig(epochs=10 if synthetic else 30, batch_size=8, lr=2e-3, augment=aug, val_every=1 if synthetic else 5)
+    return TrainConfig(epochs=10 if synthetic else 30, batch_size=8, lr=2e-3, augment=aug, val_every=1 if synthetic else 3, val_limit=40 if synthetic else None)

@@ -72,21 +72,24 @@ def smooth_reflect(field: np.ndarray, sigma: float) -> np.ndarray:
     image for elastic_transform's large sigmas (the 3-sigma truncation is dropped: an exact Gaussian).
     """
     h, w = field.shape
-    ky = (np.pi / h) * np.arange(h)
-    kx = (np.pi / w) * np.arange(w)
-    response = np.exp(-0.5 * sigma**2 * (ky[:, None] ** 2 + kx[None, :] ** 2))
-    return fft.idctn(fft.dctn(field, type=2, norm="ortho") * response, type=2, norm="ortho")
+    # the 2-D Gaussian response is separable: exp(-s^2 (ky^2 + kx^2) / 2) = g(ky) g(kx)
+    gy = np.exp(-0.5 * (sigma * np.pi / h * np.arange(h)) ** 2).astype(np.float32)
+    gx = np.exp(-0.5 * (sigma * np.pi / w * np.arange(w)) ** 2).astype(np.float32)
+    coeffs = fft.dctn(field.astype(np.float32, copy=False), type=2, norm="ortho")
+    return fft.idctn(coeffs * gy[:, None] * gx[None, :], type=2, norm="ortho")
 
 
-def correlate(x: np.ndarray, kernel: np.ndarray, pad_mode: str) -> np.ndarray:
-    """2-D correlation of an (H, W) or (H, W, C) image with an odd-sized kernel, via real FFTs.
+def correlate(x: np.ndarray, kernel: np.ndarray, pad_mode: str, anchor: tuple[int, int] | None = None) -> np.ndarray:
+    """2-D correlation of an (H, W) or (H, W, C) image with a kernel, via real FFTs.
 
-    Equivalent to cv2.filter2D with the border given by `pad_mode` (numpy's 'reflect' is OpenCV's
-    default BORDER_REFLECT_101; 'edge' replicates). FFTs keep large blur kernels cheap.
+    out[i, j] = sum_{u, v} kernel[u, v] * x[i + u - ay, j + v - ax], with (ay, ax) = `anchor`
+    (default: the kernel centre). Equivalent to cv2.filter2D with the border given by `pad_mode`
+    (numpy's 'reflect' is OpenCV's default BORDER_REFLECT_101; 'edge' replicates). FFTs keep large
+    blur kernels cheap.
     """
     kh, kw = kernel.shape
-    ph, pw = kh // 2, kw // 2
-    pads = ((ph, ph), (pw, pw)) + ((0, 0),) * (x.ndim - 2)
+    ay, ax = (kh // 2, kw // 2) if anchor is None else anchor
+    pads = ((ay, kh - 1 - ay), (ax, kw - 1 - ax)) + ((0, 0),) * (x.ndim - 2)
     padded = np.pad(x, pads, mode=pad_mode)
     planes = padded if x.ndim == 2 else np.moveaxis(padded, -1, 0)
     shape = (fft.next_fast_len(padded.shape[0], real=True), fft.next_fast_len(padded.shape[1], real=True))
@@ -122,12 +125,13 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     return ndimage.correlate1d(disk, g, axis=1, mode="mirror")
 
 
-def motion_kernel(radius: int, sigma: float, angle_deg: float) -> np.ndarray:
-    """ImageMagick's MotionBlurImage kernel as a 2-D correlation kernel.
+def motion_kernel(radius: int, sigma: float, angle_deg: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """ImageMagick's MotionBlurImage kernel as a 2-D correlation kernel and its anchor (row, col).
 
     A one-sided line of width 2*radius+1 taps along `angle_deg` (0 = +x, y pointing down), tap i
     weighted exp(-i^2 / 2 sigma^2) and normalised; tap i reads the pixel i steps ahead along the line,
-    rounded to the grid as in imagecorruptions' numpy port (ceil(i * t - 0.5)).
+    rounded to the grid as in imagecorruptions' numpy port (ceil(i * t - 0.5)). The kernel is cropped
+    to the line's bounding box (a quarter of the centred square), which keeps the FFTs small.
     """
     width = 2 * radius + 1
     taps = np.arange(width)
@@ -136,15 +140,15 @@ def motion_kernel(radius: int, sigma: float, angle_deg: float) -> np.ndarray:
     angle = np.deg2rad(angle_deg)
     dy = np.ceil(taps * np.sin(angle) - 0.5).astype(int)
     dx = np.ceil(taps * np.cos(angle) - 0.5).astype(int)
-    half = width - 1
-    kernel = np.zeros((2 * half + 1, 2 * half + 1), dtype=np.float32)
-    np.add.at(kernel, (half + dy, half + dx), weights.astype(np.float32))
-    return kernel
+    kernel = np.zeros((dy.max() - dy.min() + 1, dx.max() - dx.min() + 1), dtype=np.float32)
+    np.add.at(kernel, (dy - dy.min(), dx - dx.min()), weights.astype(np.float32))
+    return kernel, (int(-dy.min()), int(-dx.min()))
 
 
-def motion_blur(x: np.ndarray, radius: int, sigma: float, angle_deg: float) -> np.ndarray:
+def line_blur(x: np.ndarray, radius: int, sigma: float, angle_deg: float) -> np.ndarray:
     """Blur along a line (edges replicated, like the reference's `shift` helper)."""
-    return correlate(x, motion_kernel(radius, sigma, angle_deg), pad_mode="edge")
+    kernel, anchor = motion_kernel(radius, sigma, angle_deg)
+    return correlate(x, kernel, pad_mode="edge", anchor=anchor)
 
 
 def resize_plane(plane: np.ndarray, size_hw: tuple[int, int], box: tuple[float, float, float, float] | None = None,
@@ -205,26 +209,30 @@ def plasma_fractal(mapsize: int, wibbledecay: float, rng: np.random.Generator) -
 
 
 def reflect_coords(c: np.ndarray, n: int) -> np.ndarray:
-    """Fold sample coordinates into [0, n-1] by mirror reflection (OpenCV BORDER_REFLECT_101)."""
-    if n == 1:
-        return np.zeros_like(c)
-    period = 2 * (n - 1)
-    c = np.abs(np.mod(c, period))
-    return np.where(c > n - 1, period - c, c)
+    """Fold coordinates that fall up to one frame outside [0, n-1] back in, mirroring about the edge
+    pixels (OpenCV BORDER_REFLECT_101); anything further out is clamped."""
+    c = np.abs(c)
+    return np.clip(np.where(c > n - 1, 2 * (n - 1) - c, c), 0, n - 1)
 
 
 def sample_bilinear(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Bilinearly sample an (H, W, C) image at float (rows, cols) of any shape; mirror borders."""
+    """Bilinearly sample an (H, W, C) image at float (rows, cols) arrays of shape (H', W'); mirror borders."""
     h, w, c = x.shape
-    rows = reflect_coords(rows, h)
-    cols = reflect_coords(cols, w)
-    r0 = np.minimum(np.floor(rows).astype(np.intp), max(h - 2, 0))
-    c0 = np.minimum(np.floor(cols).astype(np.intp), max(w - 2, 0))
-    fr = (rows - r0).astype(np.float32)[..., None]
-    fc = (cols - c0).astype(np.float32)[..., None]
-    r1 = np.minimum(r0 + 1, h - 1)
-    c1 = np.minimum(c0 + 1, w - 1)
-    flat = x.reshape(-1, c)
-    top = flat[r0 * w + c0] * (1 - fc) + flat[r0 * w + c1] * fc
-    bottom = flat[r1 * w + c0] * (1 - fc) + flat[r1 * w + c1] * fc
-    return top * (1 - fr) + bottom * fr
+    if h < 2 or w < 2:
+        raise ValueError(f"bilinear sampling needs at least 2x2 pixels, got {h}x{w}")
+    rows = reflect_coords(rows.astype(np.float32, copy=False), h)
+    cols = reflect_coords(cols.astype(np.float32, copy=False), w)
+    r0 = np.minimum(rows.astype(np.intp), h - 2)  # floor (coordinates are >= 0), keeping r0 + 1 inside
+    c0 = np.minimum(cols.astype(np.intp), w - 2)
+    fr = (rows - r0).ravel()
+    fc = (cols - c0).ravel()
+    i = (r0 * w + c0).ravel()
+    out = np.empty((i.size, c), dtype=np.float32)
+    for k in range(c):  # one channel at a time: 1-D takes and full-length arithmetic are fastest
+        plane = np.ascontiguousarray(x[..., k]).ravel()
+        a, b = plane.take(i), plane.take(i + 1)
+        d, e = plane.take(i + w), plane.take(i + w + 1)
+        top = a + (b - a) * fc
+        bottom = d + (e - d) * fc
+        out[:, k] = top + (bottom - top) * fr
+    return out.reshape(*rows.shape, c)

@@ -81,12 +81,14 @@ def elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generator
     dst = src + rng.uniform(-jitter, jitter, size=src.shape)
     inverse = np.linalg.inv(_affine_from_points(src, dst))  # warpAffine samples the source at M^-1 p
 
-    dx = smooth_reflect(rng.uniform(-1, 1, size=(h, w)), sigma) * alpha
-    dy = smooth_reflect(rng.uniform(-1, 1, size=(h, w)), sigma) * alpha
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float64)
-    qx, qy = cols + dx, rows + dy  # where the displacement field reads the affinely warped frame
-    src_x = inverse[0, 0] * qx + inverse[0, 1] * qy + inverse[0, 2]
-    src_y = inverse[1, 0] * qx + inverse[1, 1] * qy + inverse[1, 2]
+    noise = rng.random((2, h, w), dtype=np.float32) * 2 - 1  # U(-1, 1), as the reference
+    dx = smooth_reflect(noise[0], sigma) * np.float32(alpha)
+    dy = smooth_reflect(noise[1], sigma) * np.float32(alpha)
+    qx = np.arange(w, dtype=np.float32)[None, :] + dx  # where the displacement field reads the
+    qy = np.arange(h, dtype=np.float32)[:, None] + dy  # affinely warped frame
+    m = inverse.astype(np.float32)
+    src_x = m[0, 0] * qx + m[0, 1] * qy + m[0, 2]
+    src_y = m[1, 0] * qx + m[1, 1] * qy + m[1, 2]
     return to_uint8(sample_bilinear(x, src_y, src_x))
 
 

@@ -14,7 +14,7 @@ are multiplied by min(H, W) / 224 (snow flake size and streak length, frost crys
   reference's weights (frame * a + frost * b), a procedurally generated frost texture: fern-like ice
   dendrites (straight needles with side branches at +-60 degrees, the hexagonal habit of ice),
   thicker in random patches, over a dim blue-grey haze with a soft glow around the crystals and
-  fine grain, tinted cold blue-white. Its mean (about 0.45) and its bright, thin, branching
+  fine grain, tinted cold blue-white. Its mean (about 0.5) and its bright, thin, branching
   structure are chosen to match the look of ImageNet-C frost; pixel statistics of the photographs
   are not reproduced exactly, so absolute frost numbers are not comparable with published ImageNet-C
   frost results (the other corruptions are).
@@ -30,14 +30,15 @@ from PIL import Image
 from tandemseg.data.shifts._ops import (
     REFERENCE_SIDE,
     gaussian_blur,
+    line_blur,
     luma,
-    motion_blur,
     next_power_of_2,
     pick,
     plasma_fractal,
     resize_plane,
     scaled_int,
     size_scale,
+    smooth_reflect,
     to_float,
     to_uint8,
 )
@@ -55,9 +56,10 @@ FOG = ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4))  # (fog strength, fra
 
 # Procedural frost texture, lengths in pixels of a 224x224 crop.
 FROST_STEMS_PER_CROP = 90  # dendrite stems per 224x224 area
+FROST_NEEDLES_PER_CROP = 2500  # short single needles per 224x224 area
 FROST_STEM_LENGTH = (8.0, 70.0)  # stems span this range (log-uniform: many small, few large)
 FROST_BRANCH_SPACING = 3.0  # distance between side-branch pairs along a stem
-FROST_BRANCH_ANGLE = math.pi / 3  # ice branches at 60 degrees
+FROST_BRANCH_ANGLE = math.pi / 3  # ice branches at 60 degrees (hexagonal crystal habit)
 FROST_TINT = np.array([0.86, 0.93, 1.0], dtype=np.float32)  # cold blue-white
 
 
@@ -79,7 +81,7 @@ def _snow_layer(h: int, w: int, scale: float, params: tuple, rng: np.random.Gene
     layer = resize_plane(coarse, (h, w), box=(0.0, 0.0, w / zoom, h / zoom))
     layer[layer < threshold] = 0
     layer = np.clip(layer, 0, 1)
-    layer = motion_blur(layer, scaled_int(radius, scale), max(sigma * scale, 0.5), rng.uniform(-135, -45))
+    layer = line_blur(layer, scaled_int(radius, scale), max(sigma * scale, 0.5), rng.uniform(-135, -45))
     # the reference round-trips the layer through an 8-bit PNG
     return (np.round(layer * 255) / 255).astype(np.float32)
 
@@ -96,48 +98,75 @@ def snow(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarr
     return to_uint8(x + layer + np.rot90(layer, k=2))
 
 
-def _dendrite_segments(h: int, w: int, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """Straight segments of ice dendrites: rows (y0, x0, angle, length, brightness)."""
-    n = max(1, round(FROST_STEMS_PER_CROP * h * w / (REFERENCE_SIDE * scale) ** 2))
-    lo, hi = FROST_STEM_LENGTH
-    length = np.exp(rng.uniform(math.log(lo), math.log(hi), n)) * scale
-    y0 = rng.uniform(-0.05 * h, 1.05 * h, n)
-    x0 = rng.uniform(-0.05 * w, 1.05 * w, n)
-    angle = rng.uniform(0, 2 * math.pi, n)
-    bright = rng.uniform(0.55, 1.0, n)
-    stems = np.stack([y0, x0, angle, length, bright], axis=1)
-    # side branches in pairs every FROST_BRANCH_SPACING along each stem, shorter towards the tip
-    spacing = FROST_BRANCH_SPACING * scale
-    per_stem = np.floor(length / spacing).astype(int)
-    owner = np.repeat(np.arange(n), per_stem)
-    t = (np.arange(owner.size) - np.repeat(np.cumsum(per_stem) - per_stem, per_stem) + 0.5) * spacing
+def _side_branches(parents: np.ndarray, spacing: float, reach: tuple[float, float], dim: tuple[float, float],
+                   rng: np.random.Generator) -> np.ndarray:
+    """Pairs of branches at +-60 degrees (jittered) every `spacing` along each parent segment.
+
+    A branch's length is a random fraction `reach` of the parent length still ahead of it, so
+    branches shorten towards the tip (the feathery shape of frost dendrites); its brightness is the
+    parent's times a random factor `dim`.
+    """
+    y0, x0, angle, length, bright = parents.T
+    per_parent = np.floor(length / spacing).astype(int)
+    owner = np.repeat(np.arange(len(parents)), per_parent)
+    t = (np.arange(owner.size) - np.repeat(np.cumsum(per_parent) - per_parent, per_parent) + 0.5) * spacing
     owner, t = np.repeat(owner, 2), np.repeat(t, 2)
     side = np.tile([1.0, -1.0], owner.size // 2)
-    remaining = length[owner] - t
-    branches = np.stack(
+    turn = side * FROST_BRANCH_ANGLE + rng.normal(0, 0.15, owner.size)
+    return np.stack(
         [
             y0[owner] + t * np.sin(angle[owner]),
             x0[owner] + t * np.cos(angle[owner]),
-            angle[owner] + side * FROST_BRANCH_ANGLE,
-            remaining * rng.uniform(0.2, 0.45, owner.size),
-            bright[owner] * rng.uniform(0.5, 0.9, owner.size),
+            angle[owner] + turn,
+            (length[owner] - t) * rng.uniform(*reach, owner.size),
+            bright[owner] * rng.uniform(*dim, owner.size),
         ],
         axis=1,
     )
-    return np.concatenate([stems, branches], axis=0)
+
+
+def _random_segments(n: int, h: int, w: int, lengths: tuple[float, float], bright: tuple[float, float],
+                     rng: np.random.Generator) -> np.ndarray:
+    """`n` segments at random places and angles, log-uniform lengths: rows (y0, x0, angle, length, brightness)."""
+    lo, hi = lengths
+    return np.stack(
+        [
+            rng.uniform(-0.05 * h, 1.05 * h, n),
+            rng.uniform(-0.05 * w, 1.05 * w, n),
+            rng.uniform(0, 2 * math.pi, n),
+            np.exp(rng.uniform(math.log(lo), math.log(hi), n)),
+            rng.uniform(*bright, n),
+        ],
+        axis=1,
+    )
+
+
+def _dendrite_segments(h: int, w: int, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Straight segments of ice: dendrite stems with two generations of side branches, plus a dense
+    layer of short needles (the granular frost between the large crystals)."""
+    crops = h * w / (REFERENCE_SIDE * scale) ** 2  # frame area in 224x224 crops at this scale
+    lo, hi = FROST_STEM_LENGTH
+    stems = _random_segments(max(1, round(FROST_STEMS_PER_CROP * crops)), h, w, (lo * scale, hi * scale), (0.5, 0.95), rng)
+    spacing = FROST_BRANCH_SPACING * scale
+    branches = _side_branches(stems, spacing, (0.2, 0.5), (0.6, 0.95), rng)
+    twigs = _side_branches(branches, 0.8 * spacing, (0.2, 0.6), (0.6, 0.95), rng)
+    needles = _random_segments(round(FROST_NEEDLES_PER_CROP * crops), h, w, (1.0 * scale, 4.0 * scale), (0.15, 0.45), rng)
+    return np.concatenate([stems, branches, twigs, needles], axis=0)
 
 
 def _rasterise(segments: np.ndarray, h: int, w: int) -> np.ndarray:
     """Draw 1-px segments into an (h, w) canvas, keeping the brightest value per pixel."""
-    segments = segments[np.argsort(segments[:, 4])]  # bright last, so it wins where segments cross
-    steps = np.ceil(segments[:, 3] * 2).astype(int) + 1  # a sample every half pixel
-    seg = np.repeat(np.arange(len(segments)), steps)
-    t = (np.arange(seg.size) - np.repeat(np.cumsum(steps) - steps, steps)) * 0.5
-    ys = np.round(segments[seg, 0] + t * np.sin(segments[seg, 2])).astype(int)
-    xs = np.round(segments[seg, 1] + t * np.cos(segments[seg, 2])).astype(int)
+    step = 0.7  # sample spacing along a segment: < 1/sqrt(2) keeps diagonal lines connected
+    y0, x0, angle, length, bright = segments.T.astype(np.float32)
+    counts = np.ceil(length / step).astype(int) + 1
+    starts = np.cumsum(counts) - counts
+    t = (np.arange(counts.sum(), dtype=np.float32) - np.repeat(starts, counts).astype(np.float32)) * step
+    ys = np.rint(np.repeat(y0, counts) + t * np.repeat(np.sin(angle), counts)).astype(np.intp)
+    xs = np.rint(np.repeat(x0, counts) + t * np.repeat(np.cos(angle), counts)).astype(np.intp)
     inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
     canvas = np.zeros((h, w), dtype=np.float32)
-    canvas[ys[inside], xs[inside]] = segments[seg[inside], 4]
+    # where segments cross, the brighter wins (a plain assignment's order is unspecified for repeats)
+    np.maximum.at(canvas, (ys[inside], xs[inside]), np.repeat(bright, counts)[inside])
     return canvas
 
 
@@ -150,10 +179,10 @@ def frost_texture(h: int, w: int, scale: float, rng: np.random.Generator) -> np.
     sigma = 0.5 * scale
     # a blurred 1-px line peaks at erf(1 / (2 sqrt(2) sigma)); rescale so crystal cores reach ~1
     sharp = gaussian_blur(crystals, sigma) / math.erf(1 / (2 * math.sqrt(2) * sigma))
-    glow = gaussian_blur(crystals, 4 * scale)
+    glow = smooth_reflect(crystals, 4 * scale)  # wide blur: the DCT route costs the same for any sigma
     density = 0.35 + 0.65 * patches
     haze = 0.22 + 0.18 * patches
-    tex = haze + (1 - haze) * np.clip(sharp * density, 0, 1) + 0.8 * glow * density
+    tex = haze + (1 - haze) * np.clip(sharp * density, 0, 1) + 0.6 * glow * density
     tex += rng.normal(0, 0.03, size=(h, w)).astype(np.float32)  # ice grain
     return np.clip(tex[..., None] * FROST_TINT, 0, 1)
 

@@ -1,0 +1,5 @@
+"""`python -m tandemseg.cli` runs the CLI."""
+
+from tandemseg.cli import main
+
+main()

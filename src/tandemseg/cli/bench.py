@@ -1,0 +1,269 @@
+"""`tandemseg bench models|data` and `tandemseg export-onnx`: what the models and the data pipeline cost on CPU.
+
+Heavy imports (torch models, onnxruntime, the synthetic generator) happen inside the commands so
+`tandemseg --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tandemseg.cli.common import console, out, write_json
+from tandemseg.errors import TandemsegError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchmark models (params, FLOPs, latency, memory) and the data pipeline.")
+
+DEFAULT_CKPT_ROOT = Path("checkpoints")
+PARITY_FRAMES = 2  # frames the bench compares PyTorch and ONNX on: a sanity check, export-onnx does more
+
+
+def find_checkpoints(root: Path = DEFAULT_CKPT_ROOT) -> list[Path]:
+    """Every checkpoint folder under `root` (a folder with a card.json), sorted by name."""
+    return sorted(p.parent for p in root.glob("*/card.json"))
+
+
+def machine_info() -> dict:
+    """What the timings were taken on: they mean little without it."""
+    import onnxruntime
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpus_visible": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def bench_checkpoint(folder: Path, input_hw: tuple[int, int], threads: int, warmup: int, runs: int, memory: bool, onnx: bool) -> dict:
+    """Profile one checkpoint; device models are also exported to ONNX and timed in ONNX Runtime."""
+    import torch
+
+    from tandemseg.eval.profile import profile_model
+    from tandemseg.models.checkpoint import load_checkpoint
+    from tandemseg.models.onnx_export import device_input_hw, export_onnx, onnx_latency, onnx_parity
+
+    ck = load_checkpoint(folder)
+    scale = float(ck.model.cfg.input_scale)
+    row: dict[str, Any] = {
+        "model": folder.name,
+        "path": str(folder),
+        "kind": ck.kind,
+        "input_hw": list(input_hw),
+        "input_scale": scale,
+        "compute_hw": list(device_input_hw(input_hw, scale)),  # what the encoder actually sees
+        "val_miou": (ck.card.get("metrics", {}).get("val") or {}).get("miou"),
+        "data": ck.card.get("data"),
+    }
+    row.update(profile_model(ck.model, (1, 3, *input_hw), threads=threads, warmup=warmup, runs=runs, memory=memory))
+    row["onnx_latency_ms_median"] = None
+    if onnx and ck.kind == "device":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(ck.model, Path(tmp) / "model.onnx", input_hw=input_hw)
+            torch.manual_seed(0)
+            parity = onnx_parity(ck.model, path, torch.rand(PARITY_FRAMES, 3, *input_hw), threads=threads)
+            row["onnx_max_abs_diff"] = parity["max_abs_diff"]
+            row["onnx_latency_ms_median"] = onnx_latency(path, input_hw, threads=threads, warmup=warmup, runs=runs)
+    return row
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def models_table(rows: list[dict], threads: int, input_hw: tuple[int, int]) -> Table:
+    """Compact enough for 80 columns; p90 latency, kind and parity are in the JSON and Markdown."""
+    title = f"Model cost on CPU: {input_hw[0]}x{input_hw[1]} frame, batch 1, threads={threads}"
+    table = Table(title=title, box=None, pad_edge=False, header_style="bold underline")
+    for name in ("model", "params", "runs at", "GFLOPs", "torch ms", "ORT ms", "mem MB", "val mIoU"):
+        table.add_column(name, justify="left" if name in ("model", "runs at") else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            r["model"], f"{r['parameters'] / 1e6:.2f}M", "x".join(map(str, r["compute_hw"])), f"{r['gflops']:.2f}",
+            f"{r['latency_ms_median']:.1f}", _fmt(r.get("onnx_latency_ms_median"), ".1f"), _fmt(r.get("peak_memory_mb"), ".0f"),
+            _fmt(r.get("val_miou"), ".4f"),
+        )
+    table.caption = "runs at: the size the model computes at; ms: median (PyTorch eager / ONNX Runtime, device only)"
+    return table
+
+
+def _sizes(row: dict) -> str:
+    """'360x480 -> 180x240' for a model that downsamples, '360x480' otherwise."""
+    hw, chw = "x".join(map(str, row["input_hw"])), "x".join(map(str, row["compute_hw"]))
+    return hw if hw == chw else f"{hw} -> {chw}"
+
+
+def command_line() -> str:
+    """The command as typed, for the record in JSON and Markdown."""
+    return "tandemseg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def models_markdown(payload: dict) -> str:
+    """docs/results/models.md: the table, the command that made it, the machine, and how to read the numbers."""
+    m = payload["machine"]
+    lines = [
+        "# Model cost on CPU",
+        "",
+        "Generated by:",
+        "",
+        "```bash",
+        f"nice -n 10 {payload['command']}",
+        "```",
+        "",
+        f"Machine: {m['cpus_visible']} CPUs visible ({m['cpu']}, {m['platform']}), Python {m['python']}, torch {m['torch']}, "
+        f"ONNX Runtime {m['onnxruntime']}; 1-minute load average {m['load_avg_1min']:.1f} when the run ended. "
+        f"Batch 1, {payload['threads']} threads, {payload['warmup']} warm-up passes, {payload['runs']} timed passes.",
+        "",
+        "| model | kind | params (M) | input -> computed at | GFLOPs | PyTorch ms (median / p90) | ONNX Runtime ms (median) | peak memory (MB) | val mIoU (card) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["models"]:
+        lines.append(
+            f"| {r['model']} | {r['kind']} | {r['parameters'] / 1e6:.2f} | {_sizes(r)} | {r['gflops']:.2f} | "
+            f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} | {_fmt(r.get('onnx_latency_ms_median'), '.1f')} | "
+            f"{_fmt(r.get('peak_memory_mb'), '.0f')} | {_fmt(r.get('val_miou'), '.4f')} |"
+        )
+    lines += ["", *MODELS_NOTES]
+    return "\n".join(lines) + "\n"
+
+
+MODELS_NOTES = [
+    "How to read it (definitions in `src/tandemseg/eval/profile.py`):",
+    "",
+    "- **input -> computed at**: every model gets the same full-resolution frame. The device downsamples it by its",
+    "  `input_scale` inside `forward` (ACDC eq. 4) and computes at the reduced size; its logits are upsampled back.",
+    "- **GFLOPs**: `torch.utils.flop_counter.FlopCounterMode`, one multiply-add = 2 FLOPs. Convolutions and matrix",
+    "  products only: element-wise ops, pooling and resampling (including the device's antialiased downsample) are",
+    "  not counted.",
+    "- **PyTorch ms**: `time.perf_counter` around one forward pass under `torch.inference_mode`, after warm-up, with",
+    "  `torch.set_num_threads(threads)`.",
+    "- **ONNX Runtime ms**: the device model exported by `tandemseg export-onnx` (the same graph: frame in [0,1] ->",
+    "  full-res logits; the antialiased downsample is exported exactly as precomputed separable weights, parity",
+    "  ~1e-7), CPU provider, `intra_op_num_threads = threads`. Only device models are exported here.",
+    "- **peak memory**: the rise of the resident set size while a fresh child process runs inference, above its RSS",
+    "  just before (high-water mark reset via `/proc/self/clear_refs`, read with `getrusage`): activations, oneDNN",
+    "  scratch and allocator slack, not the weights or the interpreter.",
+    "- **val mIoU** is copied from the checkpoint's card (best epoch on the val split), not measured by this command.",
+    "- Latency depends on what else runs on the machine: the JSON beside this file records the load average. On a",
+    "  shared 2-core machine, compare rows of one run, not runs of different days.",
+]
+
+
+@app.command()
+def models(
+    ckpt: Annotated[list[Path] | None, typer.Option("--ckpt", help="Checkpoint folder; repeat for several (default: every checkpoints/*/card.json).")] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for PyTorch and ONNX Runtime.")] = 2,
+    height: Annotated[int, typer.Option("--height", min=32, help="Frame height fed to every model (full resolution).")] = 360,
+    width: Annotated[int, typer.Option("--width", min=32, help="Frame width fed to every model (full resolution).")] = 480,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed passes before timing.")] = 3,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed passes; the median and p90 are reported.")] = 20,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure peak memory in a child process.")] = True,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Export device models to ONNX and time them in ONNX Runtime.")] = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table, the command and the machine as Markdown here.")] = None,
+) -> None:
+    """Parameters, GFLOPs, CPU latency (PyTorch; ONNX Runtime for device models) and peak memory per checkpoint.
+
+    Every model gets the same full-resolution frame; the device downsamples it inside its forward, so its numbers are those of its real job (its FLOPs are counted at the reduced size it computes at; resampling is not counted).
+    """
+    folders = list(ckpt) if ckpt else find_checkpoints()
+    if not folders:
+        raise TandemsegError(
+            f"no checkpoints found under {DEFAULT_CKPT_ROOT}/ (folders with card.json); pass --ckpt DIR, "
+            "or train one first: tandemseg train --model device --data synthetic --out checkpoints/synthetic-device"
+        )
+    rows = []
+    for folder in folders:
+        with console.status(f"profiling {folder}"):
+            rows.append(bench_checkpoint(Path(folder), (height, width), threads, warmup, runs, memory, onnx))
+        console.print(f"[dim]{folder}: {rows[-1]['latency_ms_median']:.1f} ms median[/dim]")
+    out.print(models_table(rows, threads, (height, width)))
+    payload = {"command": command_line(), "threads": threads, "input_hw": [height, width], "warmup": warmup, "runs": runs,
+               "machine": machine_info(), "models": rows}
+    write_json(json_path, payload)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(models_markdown(payload))
+        console.print(f"[dim]wrote {markdown}[/dim]")
+
+
+def data_table(generator: dict, shifts: dict[str, float], families: dict[str, tuple[str, ...]], severity: int) -> Table:
+    """One row for the generator, one per shift (grouped by family), in ms per frame and frames per second."""
+    size = "x".join(map(str, generator.get("size", ["?"])))
+    table = Table(title=f"Data pipeline cost on CPU ({size} frames, median ms per frame)")
+    table.add_column("what", no_wrap=True)
+    table.add_column("family")
+    table.add_column("ms / frame", justify="right")
+    table.add_column("frames / s", justify="right")
+    table.add_row("synthetic generator", "-", f"{generator['ms_per_frame']:.1f}", f"{1000.0 / generator['ms_per_frame']:.1f}")
+    family = {name: fam for fam, names in families.items() for name in names}
+    for name, ms in shifts.items():
+        label = name if family.get(name) == "lighting" else f"{name}:{severity}"
+        table.add_row(label, family.get(name, "-"), f"{ms:.1f}", f"{1000.0 / ms:.1f}" if ms > 0 else "-")
+    return table
+
+
+@app.command()
+def data(
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Synthetic frames to time.")] = 50,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed applications of each shift (median reported).")] = 5,
+    severity: Annotated[int, typer.Option("--severity", min=1, max=5, help="Severity of the corruptions timed.")] = 3,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Time the synthetic scene generator and every shift (median ms per 360x480 frame)."""
+    from tandemseg.data.shifts import SHIFT_FAMILIES, benchmark_shifts
+    from tandemseg.data.synthetic import benchmark_generator
+
+    with console.status(f"timing the synthetic generator ({frames} frames)"):
+        generator = benchmark_generator(n=frames)
+    with console.status(f"timing every shift ({repeats} repeats each)"):
+        shifts = benchmark_shifts(repeats=repeats, severity=severity)
+    out.print(data_table(generator, shifts, SHIFT_FAMILIES, severity))
+    write_json(json_path, {"command": command_line(), "generator": generator, "shifts_ms_per_frame": shifts,
+                           "shift_severity": severity, "shift_repeats": repeats, "machine": machine_info()})
+
+
+def export_onnx_cmd(
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint folder to export.")],
+    out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write.")],
+    height: Annotated[int, typer.Option("--height", min=32, help="Frame height the graph takes (fixed; batch is dynamic).")] = 360,
+    width: Annotated[int, typer.Option("--width", min=32, help="Frame width the graph takes.")] = 480,
+    opset: Annotated[int, typer.Option("--opset", min=11, help="ONNX opset.")] = 17,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Synthetic frames to check parity on.")] = 4,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime threads for the check.")] = 2,
+) -> None:
+    """Export a checkpoint to ONNX (frame in [0,1] -> full-res logits) and check it against PyTorch on synthetic frames."""
+    import numpy as np
+    import torch
+
+    from tandemseg.data.synthetic import SyntheticScenes
+    from tandemseg.models.checkpoint import load_checkpoint
+    from tandemseg.models.onnx_export import export_onnx, onnx_latency, onnx_parity
+
+    ck = load_checkpoint(ckpt)
+    with console.status(f"exporting {ckpt} to {out_path}"):
+        path = export_onnx(ck.model, out_path, input_hw=(height, width), opset=opset)
+    scenes = SyntheticScenes("val", size=(height, width), frames=frames)
+    images = np.stack([scenes[i].image for i in range(frames)])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    parity = onnx_parity(ck.model, path, x, threads=threads)
+    ms = onnx_latency(path, (height, width), threads=threads)
+    size_mb = path.stat().st_size / 1e6
+    out.print(
+        f"wrote {path} ({size_mb:.1f} MB, {ck.kind}, input frame 1x3x{height}x{width}, batch dynamic, opset {opset})\n"
+        f"parity on {parity['frames']} synthetic frames: max |logit diff| {parity['max_abs_diff']:.2e}, "
+        f"argmax agreement {100 * parity['argmax_agreement']:.3f}%\n"
+        f"ONNX Runtime latency: {ms:.1f} ms median ({threads} threads)"
+    )

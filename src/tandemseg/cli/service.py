@@ -1,0 +1,234 @@
+"""`tandemseg serve`, `tandemseg device`, `tandemseg loadtest`: thin wrappers over cloud/, device/http_link.py, eval/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.cloud.auth import TOKENS_ENV, TokenMap
+from tandemseg.cloud.batching import BatchConfig
+from tandemseg.errors import SpecError, TandemsegError
+from tandemseg.wire.http import WireLimits
+
+
+def load_tokens(tokens: Path | None) -> TokenMap:
+    return TokenMap.from_file(tokens) if tokens else TokenMap.from_env()
+
+
+def parse_autoscale(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    lo, sep, hi = text.partition(":")
+    try:
+        pair = (int(lo), int(hi))
+    except ValueError:
+        pair = None
+    if not sep or pair is None or not 1 <= pair[0] <= pair[1]:
+        raise SpecError(f"--autoscale takes MIN:MAX replicas with 1 <= MIN <= MAX, got {text!r}")
+    return pair
+
+
+def serve(
+    cloud_ckpt: Path = typer.Option(..., help="cloud checkpoint folder"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (0.0.0.0 for every interface)"),
+    port: int = typer.Option(8080, min=0, max=65535, help="TCP port"),
+    tokens: Path = typer.Option(None, help=f"file of DEVICE:TOKEN lines (default: the {TOKENS_ENV} variable)"),
+    uncertainty: Path = typer.Option(None, help="U every device starts from (DCAM updates it per device); a device may PUT its own"),
+    dcam_alpha: float = typer.Option(0.1, help="DCAM update weight alpha (ACDC eq. 14); 0 = off"),
+    max_batch: int = typer.Option(8, min=1, help="dynamic batching: most frames per forward"),
+    max_wait_ms: float = typer.Option(10.0, min=0.0, help="dynamic batching: wait at most this long after a batch's first frame"),
+    max_queue: int = typer.Option(64, min=1, help="frames waiting for a batch before new ones get 503 + Retry-After"),
+    max_inflight_per_device: int = typer.Option(32, min=1, help="requests one device may have in flight (429 beyond)"),
+    max_body_mb: float = typer.Option(8.0, min=0.01, help="largest request body (413 beyond)"),
+    max_side: int = typer.Option(4096, min=16, help="largest frame side in pixels (413 beyond)"),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)"),
+    ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve instead of one uvicorn process"),
+    replicas: int = typer.Option(1, min=1, help="--ray: segmenter replicas"),
+    autoscale: str = typer.Option(None, help="--ray: MIN:MAX replicas, autoscaled by Ray Serve (overrides --replicas)"),
+    replica_cpus: float = typer.Option(1.0, min=0.0, help="--ray: CPUs each segmenter replica reserves"),
+    ray_address: str = typer.Option(None, help="--ray: an existing cluster (HEAD:6379 or ray://HEAD:10001); default: start a local Ray"),
+    log_level: str = typer.Option("warning", help="uvicorn log level"),
+) -> None:
+    """Serve the cloud model over HTTP: POST /v1/segment, GET /v1/health, /metrics, /docs (see docs/protocol.md)."""
+    import numpy as np
+
+    from tandemseg.cloud.app import Limits
+
+    if not 0.0 <= dcam_alpha <= 1.0:
+        raise SpecError(f"--dcam-alpha must be in [0, 1], got {dcam_alpha}")
+    token_map = load_tokens(tokens)
+    limits = Limits(WireLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_side=max_side, max_pixels=max_side * max_side),
+                    max_inflight_per_device=max_inflight_per_device)
+    batching = BatchConfig(max_batch, max_wait_ms, max_queue)
+    initial_u = _initial_u(uncertainty, cloud_ckpt)
+    if ray:
+        _serve_ray(cloud_ckpt, token_map, limits, batching, dcam_alpha, initial_u, host, port, replicas, autoscale, replica_cpus, threads, ray_address)
+        return
+    import torch
+    import uvicorn
+
+    from tandemseg.cloud.app import create_app
+    from tandemseg.cloud.service import CloudService
+    from tandemseg.models.checkpoint import load_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    ck = load_checkpoint(cloud_ckpt, expect_kind="cloud")
+    service = CloudService(ck.model, ck.classes, dcam_alpha=dcam_alpha, initial_u=None if initial_u is None else np.asarray(initial_u))
+    app = create_app(service, token_map, limits, batching)
+    console.print(f"serving {cloud_ckpt} on http://{host}:{port} for devices {', '.join(token_map.devices)} "
+                  f"(batch <= {max_batch}, wait <= {max_wait_ms} ms, DCAM alpha {dcam_alpha}, torch threads {torch.get_num_threads()})")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _initial_u(uncertainty: Path | None, cloud_ckpt: Path):
+    if uncertainty is None:
+        return None
+    from tandemseg.data.classes import ClassTable
+    from tandemseg.device.uncertainty import UncertaintyMatrix
+    from tandemseg.models.checkpoint import read_card
+
+    classes = ClassTable.from_json(read_card(cloud_ckpt)["classes"])
+    return UncertaintyMatrix.load(uncertainty, expect_classes=classes).u
+
+
+def _serve_ray(ckpt, token_map, limits, batching, alpha, initial_u, host, port, replicas, autoscale, replica_cpus, threads, address) -> None:
+    from ray import serve as ray_serve
+
+    from tandemseg.cloud.ray_app import RayOptions, build_ray_app, start_ray, stop_ray
+
+    options = RayOptions(replicas, parse_autoscale(autoscale), replica_cpus, threads, batching)
+    app = build_ray_app(str(Path(ckpt).resolve()), token_map, limits, alpha, initial_u, options)
+    start_ray(address, host, port)
+    console.print(f"Ray Serve: {replicas if not autoscale else autoscale} segmenter replica(s) on http://{host}:{port}; Ctrl-C stops")
+    try:
+        ray_serve.run(app, blocking=True, route_prefix="/")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_ray()
+
+
+def device(
+    server: str = typer.Option(..., help="base URL of `tandemseg serve`, e.g. http://127.0.0.1:8080"),
+    token: str = typer.Option(None, help="this device's token (default: the TANDEMSEG_TOKEN variable)"),
+    data: str = typer.Option("synthetic", help="dataset spec"),
+    split: str = typer.Option("val", help="split to stream"),
+    shift: str = typer.Option("clean", help="clean | NAME:SEVERITY | dusk | night | stream:SPEC"),
+    device_ckpt: Path = typer.Option(..., help="device checkpoint folder"),
+    uncertainty: Path = typer.Option(None, help="U file (acdc policies; the cloud's DCAM updates it)"),
+    policy: str = typer.Option("acdc", help="upload policy (as in `collab`)"),
+    rate: float = typer.Option(0.1, help="target upload rate (fraction of frames)"),
+    controller: str = typer.Option("window", help="budget controller: window | sa"),
+    bytes_per_s: float = typer.Option(None, help="bytes/s budget instead of --rate"),
+    fps: float = typer.Option(10.0, help="frame rate for --bytes-per-s (and --pace)"),
+    pace: bool = typer.Option(False, help="stream at --fps in real time (default: as fast as the device runs)"),
+    codec: str = typer.Option("png", help="frame codec: png | jpeg:Q | webp:Q"),
+    dcam: bool = typer.Option(True, help="send the coarse probabilities so the cloud's DCAM adapts U (eq. 13-14)"),
+    limit: int = typer.Option(None, help="first N frames only"),
+    seed: int = typer.Option(0, help="seed of shifts and of the random policy"),
+    deadline_ms: float = typer.Option(2000.0, help="a frame waits at most this long for the cloud, then keeps the device's map"),
+    max_lag: int = typer.Option(8, min=0, help="frames awaiting the cloud before the oldest is finished (0 = one at a time, as `collab`)"),
+    timeout_s: float = typer.Option(5.0, help="HTTP timeout per attempt"),
+    retries: int = typer.Option(2, min=0, help="retries per upload (exponential backoff with jitter)"),
+    cloud_ckpt: Path = typer.Option(None, help="optional local copy of the cloud model: adds cloud/oracle mIoU to the JSON"),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads on the device (0 = torch's default)"),
+    json_path: Path = typer.Option(None, "--json", help="write the results here"),
+) -> None:
+    """Stream frames through the device runtime with the HTTP link; every frame gets a final map."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from tandemseg.device.http_link import RetryPolicy
+    from tandemseg.eval.device_stream import StreamConfig
+
+    token = token or os.environ.get("TANDEMSEG_TOKEN")
+    if not token:
+        raise SpecError("give --token (or set TANDEMSEG_TOKEN): the device's bearer token for the server")
+    if deadline_ms <= 0 or timeout_s <= 0:
+        raise SpecError("--deadline-ms and --timeout-s must be > 0")
+    retry = RetryPolicy(attempts=retries + 1, timeout_s=timeout_s, deadline_s=max(deadline_ms / 1000.0, timeout_s))
+    from tandemseg.eval.device_stream import run_device_client
+
+    payload = run_device_client(
+        server, token, data, split, shift, device_ckpt, uncertainty, policy, rate, controller, bytes_per_s, fps, codec, dcam,
+        limit, seed, retry, StreamConfig(deadline_ms / 1000.0, max_lag, fps if pace else 0.0), cloud_ckpt, progress_bar=progress,
+    )
+    print_device(payload)
+    write_json(json_path, payload)
+
+
+def print_device(p: dict) -> None:
+    table = Table(title=f"device {p['device_id']} via {p['server']}: {p['policy']} at target {p['target_rate']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("device_miou", "cloud_miou", "collab_miou", "upload_rate", "from_cloud", "fallbacks", "u_updates_applied",
+                "rtt_ms_p50", "rtt_ms_p95", "rtt_ms_p99", "bytes_up_per_frame", "bytes_down_per_frame", "stream_fps"):
+        v = p.get(key)
+        table.add_row(key, "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}"))
+    out.print(table)
+    if p.get("fallback_reasons"):
+        console.print(f"fallbacks: {p['fallback_reasons']}; link failures: {p['link']['failures']}")
+
+
+def loadtest(
+    server: str = typer.Option(..., help="base URL of `tandemseg serve`"),
+    devices: int = typer.Option(4, min=1, help="concurrent simulated devices"),
+    frames: int = typer.Option(16, min=1, help="frames per device"),
+    tokens: Path = typer.Option(None, help=f"DEVICE:TOKEN file (default: {TOKENS_ENV}); devices beyond the list reuse tokens"),
+    height: int = typer.Option(360, min=8),
+    width: int = typer.Option(480, min=8),
+    codec: str = typer.Option("png", help="png | jpeg:Q | webp:Q"),
+    probs: bool = typer.Option(True, help="send device probabilities (the server runs DCAM)"),
+    rate: float = typer.Option(0.0, min=0.0, help="open loop at this many frames/s in total; 0 = closed loop (peak)"),
+    timeout_s: float = typer.Option(60.0, help="HTTP timeout per request"),
+    max_seconds: float = typer.Option(600.0, help="stop sending after this long"),
+    raw_ckpt: Path = typer.Option(None, help="also time the bare batched forward of this cloud checkpoint here (serving efficiency)"),
+    raw_batch: int = typer.Option(8, min=1, help="batch size of the raw forward (use the server's --max-batch)"),
+    raw_batches: int = typer.Option(4, min=1, help="timed raw batches"),
+    threads: int = typer.Option(0, min=0, help="torch threads for the raw forward (use the server's)"),
+    json_path: Path = typer.Option(None, "--json", help="write the results here"),
+) -> None:
+    """K concurrent simulated devices against a running server: throughput, latency percentiles, errors."""
+    import httpx
+
+    from tandemseg.eval.loadtest import LoadSpec, raw_batched_throughput, run_loadtest
+
+    creds = load_tokens(tokens).credentials()
+    try:
+        health = httpx.get(server.rstrip("/") + "/v1/health", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as e:
+        raise TandemsegError(f"cannot reach {server}/v1/health ({e}); is `tandemseg serve` running?") from None
+    raw = None
+    if raw_ckpt is not None:
+        import torch
+
+        from tandemseg.models.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        raw = raw_batched_throughput(load_checkpoint(raw_ckpt, expect_kind="cloud").model, raw_batch, height, width, raw_batches)
+    spec = LoadSpec(devices, frames, height, width, codec, int(health["classes"]), probs, rate=rate, timeout_s=timeout_s, max_seconds=max_seconds)
+    mode = f"open loop at {rate:.2f} frames/s" if rate else "closed loop"
+    console.print(f"{devices} devices x {frames} frames ({height}x{width} {codec}) against {server} ({mode})")
+    result = run_loadtest(server, creds, spec)
+    if raw is not None:
+        result["raw_batched"] = raw
+        result["efficiency_vs_raw"] = (result["throughput_fps"] or 0.0) / raw["throughput_fps"]
+    table = Table(title=f"load test: {devices} devices")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("ok", "error_rate", "throughput_fps", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "bytes_up_per_frame", "efficiency_vs_raw"):
+        v = result.get(key)
+        table.add_row(key, "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.3f}"))
+    if raw is not None:
+        table.add_row("raw batched fps", f"{raw['throughput_fps']:.3f}")
+    out.print(table)
+    if result["errors"]:
+        console.print(f"errors: {result['errors']}")
+    write_json(json_path, result)

@@ -1,0 +1,236 @@
+"""The same cloud service on Ray Serve: `tandemseg serve --ray --replicas N`.
+
+Three deployments, each a thin handler over plain code:
+
+* `Segmenter` (N replicas, or autoscaled): a plain `CloudService` with Ray Serve's own dynamic batching
+  (`@serve.batch`). It segments and computes each frame's DCAM evidence (class mask and U_new, eq. 13 and
+  5+19; `dcam.dcam_evidence`), which needs no per-device state, so any replica can take any frame.
+* `DeviceStates` (1 replica): every device's U and version; applies eq. 14 (`dcam.dcam_blend`)
+  atomically. One owner of the state keeps DCAM correct however many segmenter replicas run.
+* `Ingress`: the FastAPI app of cloud/app.py (auth, limits, wire format, metrics) over `RayBackend`.
+
+Pointing it at a real cluster: start Ray on the cluster (`ray start --head` on one node, `ray start
+--address HEAD:6379` on the others), then run `tandemseg serve --ray --ray-address HEAD:6379 ...` on
+a node of that cluster (or `--ray-address ray://HEAD:10001` through Ray Client). The checkpoint path must
+be readable on every node (shared storage), see docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from tandemseg.cloud.app import Limits, create_app
+from tandemseg.cloud.auth import TokenMap
+from tandemseg.cloud.batching import BatchConfig, Overloaded
+from tandemseg.cloud.dcam import DcamEvidence, DcamSettings, dcam_blend, dcam_evidence
+from tandemseg.wire.http import WireError
+from tandemseg.wire.messages import CloudReply, UploadRequest
+from tandemseg.wire.payload import decode_label_png, unpack_probs
+
+
+@dataclass
+class RayOptions:
+    """How the service is laid out on Ray."""
+
+    replicas: int = 1
+    autoscale: tuple[int, int] | None = None  # (min, max) replicas; overrides `replicas`
+    replica_cpus: float = 1.0  # CPUs each segmenter replica reserves
+    threads: int = 0  # torch threads per replica (0 = torch's default)
+    batching: BatchConfig = field(default_factory=BatchConfig)
+
+
+class SegmenterImpl:
+    """A CloudService (no DCAM state of its own) plus per-frame DCAM evidence; Ray-free, so it is testable alone."""
+
+    def __init__(self, ckpt: str, dcam_on: bool, settings: DcamSettings, threads: int = 0) -> None:
+        import torch
+
+        from tandemseg.cloud.service import CloudService
+        from tandemseg.models.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        ck = load_checkpoint(ckpt, expect_kind="cloud")
+        self.service = CloudService(ck.model, ck.classes, dcam_alpha=0.0)  # eq. 14 runs in DeviceStates
+        self.dcam_on, self.settings = dcam_on, settings
+
+    def segment(self, requests: list[UploadRequest]) -> list[tuple[CloudReply, DcamEvidence | None] | Exception]:
+        """One batched forward; if the batch fails, each frame alone, so a bad frame fails only itself."""
+        try:
+            replies = self.service.segment_batch(requests)
+        except Exception:  # noqa: BLE001 - isolated below
+            return [self._one(r) for r in requests]
+        return [(reply, self._evidence(r, reply)) for r, reply in zip(requests, replies, strict=True)]
+
+    def _one(self, request: UploadRequest) -> tuple[CloudReply, DcamEvidence | None] | Exception:
+        try:
+            reply = self.service.segment_batch([request])[0]
+            return reply, self._evidence(request, reply)
+        except Exception as e:  # noqa: BLE001 - returned to the one request that caused it
+            return WireError(f"cannot process frame {request.frame_id}: {e}")
+
+    def _evidence(self, request: UploadRequest, reply: CloudReply) -> DcamEvidence | None:
+        if not self.dcam_on or request.device_probs is None or request.device_probs_shape is None:
+            return None
+        probs = unpack_probs(request.device_probs, request.device_probs_shape)
+        pseudo = decode_label_png(reply.label_png)
+        return dcam_evidence(probs, pseudo, self.service.classes.ignore_index, self.settings)
+
+
+class DeviceStatesImpl:
+    """Per-device U and version with the same semantics as CloudService's own state (cloud/service.py)."""
+
+    def __init__(self, num_classes: int, alpha: float, settings: DcamSettings, initial_u: np.ndarray | None) -> None:
+        self.num_classes, self.alpha, self.settings = num_classes, alpha, settings
+        self.initial_u = None if initial_u is None else np.asarray(initial_u, dtype=np.float64)
+        self._devices: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def _state(self, device_id: str) -> dict:
+        if device_id not in self._devices:
+            u = None if self.initial_u is None else self.initial_u.copy()
+            self._devices[device_id] = {"u": u, "version": 0, "frames": 0, "updates": 0}
+        return self._devices[device_id]
+
+    def apply(self, device_id: str, device_u_version: int, evidence: DcamEvidence | None) -> tuple[np.ndarray | None, int]:
+        """Eq. 14 for one frame; returns (U, version) when the device's copy is stale, else (None, version)."""
+        with self._lock:
+            s = self._state(device_id)
+            s["frames"] += 1
+            if evidence is not None and s["u"] is not None and self.alpha > 0:
+                new_u, changed = dcam_blend(s["u"], evidence, self.alpha, self.settings.mode, self.settings.rescale)
+                if changed:
+                    s["u"], s["version"], s["updates"] = new_u, s["version"] + 1, s["updates"] + 1
+            if s["u"] is not None and s["version"] > device_u_version:
+                return s["u"].astype(np.float32), s["version"]
+            return None, s["version"]
+
+    def get(self, device_id: str) -> dict:
+        with self._lock:
+            s = self._state(device_id)
+            return {"device_id": device_id, "u_version": s["version"], "frames": s["frames"], "dcam_updates": s["updates"],
+                    "u": None if s["u"] is None else s["u"].tolist()}
+
+    def set(self, device_id: str, u: np.ndarray, version: int) -> dict:
+        u = np.asarray(u, dtype=np.float64)
+        if u.shape != (self.num_classes, self.num_classes) or not np.isfinite(u).all():
+            raise ValueError(f"U must be a finite ({self.num_classes}, {self.num_classes}) matrix")
+        with self._lock:
+            s = self._state(device_id)
+            s["u"], s["version"] = u.copy(), int(version)
+        return self.get(device_id)
+
+
+class RayBackend:
+    """The app's Backend over the two deployment handles (cloud/app.py `Backend`)."""
+
+    def __init__(self, segmenter: DeploymentHandle, states: DeploymentHandle, num_classes: int) -> None:
+        self.segmenter, self.states, self.num_classes = segmenter, states, num_classes
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def queue_depth(self) -> int:
+        return 0  # Ray Serve owns the queues; see its own metrics
+
+    async def segment(self, request: UploadRequest) -> CloudReply:
+        try:
+            result = await self.segmenter.segment.remote(request)
+        except BackPressureError:
+            raise Overloaded(1.0) from None
+        if isinstance(result, Exception):
+            raise result
+        reply, evidence = result
+        u, version = await self.states.apply.remote(request.device_id, request.u_version, evidence)
+        reply.u_matrix, reply.u_version = u, version
+        return reply
+
+    async def device_state(self, device_id: str) -> dict | None:
+        return await self.states.get.remote(device_id)
+
+    async def set_device_u(self, device_id: str, u: np.ndarray, version: int) -> dict:
+        return await self.states.set.remote(device_id, u, version)
+
+
+# ---------------------------------------------------------------- deployments (thin handlers)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class DeviceStates(DeviceStatesImpl):
+    pass
+
+
+@serve.deployment
+class Segmenter:
+    def __init__(self, ckpt: str, dcam_on: bool, settings: DcamSettings, threads: int, batching: BatchConfig) -> None:
+        self.impl = SegmenterImpl(ckpt, dcam_on, settings, threads)
+        self.segment_batch.set_max_batch_size(batching.max_batch)  # Ray's batching, configured like ours
+        self.segment_batch.set_batch_wait_timeout_s(batching.max_wait_ms / 1000.0)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def segment_batch(self, requests: list[UploadRequest]) -> list:
+        return await asyncio.to_thread(self.impl.segment, requests)
+
+    async def segment(self, request: UploadRequest):
+        return await self.segment_batch(request)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Ingress:
+    def __init__(self, segmenter: DeploymentHandle, states: DeploymentHandle, num_classes: int, tokens: TokenMap, limits: Limits) -> None:
+        self.backend = RayBackend(segmenter, states, num_classes)
+        self.tokens, self.limits = tokens, limits
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.backend, self.tokens, self.limits)
+
+
+def build_ray_app(
+    ckpt: str, tokens: TokenMap, limits: Limits, alpha: float, initial_u: np.ndarray | None, options: RayOptions,
+    settings: DcamSettings = DcamSettings(),
+):
+    """The Serve application graph: Ingress -> (Segmenter x N, DeviceStates x 1)."""
+    from tandemseg.data.classes import ClassTable
+    from tandemseg.models.checkpoint import read_card
+
+    num_classes = ClassTable.from_json(read_card(ckpt)["classes"]).num_classes  # fail early, before Ray starts replicas
+    seg_opts: dict = {"ray_actor_options": {"num_cpus": options.replica_cpus}, "max_queued_requests": options.batching.max_queue}
+    if options.autoscale:
+        lo, hi = options.autoscale
+        seg_opts["autoscaling_config"] = {"min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": options.batching.max_batch}
+    else:
+        seg_opts["num_replicas"] = options.replicas
+    segmenter = Segmenter.options(**seg_opts).bind(ckpt, alpha > 0, settings, options.threads, options.batching)
+    states = DeviceStates.bind(num_classes, alpha, settings, initial_u)
+    return Ingress.bind(segmenter, states, num_classes, tokens, limits)
+
+
+def start_ray(address: str | None, host: str, port: int, num_cpus: int | None = None) -> None:
+    """Connect to (or start) Ray and its HTTP proxy on host:port; no dashboard, no usage stats."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+        ray.init(log_to_driver=False, **kwargs)
+    serve.start(http_options={"host": host, "port": port})
+
+
+def stop_ray() -> None:
+    import ray
+
+    serve.shutdown()
+    ray.shutdown()

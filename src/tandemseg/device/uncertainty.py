@@ -1,0 +1,437 @@
+"""The ACDC uncertainty decoupler (paper 000, sec. 3.2.1, appendix A.4.1): sample-level score u(x) = q U q^T
+from a learned C x C matrix U, and pixel-level entropy with its uncertain-region mask.
+
+Readings of the garbled equations (argued in docs/methods/offloading.md):
+
+* eq. 5: each frame x gives a positive and a negative vector from the pixels the device got right and
+  wrong: s+(x) = sum_{y_hat = y} p, s-(x) = sum_{y_hat != y} p (ignored pixels excluded). `stats="pixels"`
+  divides both by all valid pixels (the printed 1/HW, so q+ + q- = q(x)); `stats="set"` divides each by its
+  own pixel count (q+ = mean prediction on correct pixels, q- on wrong ones, both on the simplex).
+* eq. 6-7 with E[S_U(x)] = Q(U) tr(U E[q q^T]): the loss only needs the second moments M+ = E+[q q^T],
+  M- = E-[q q^T].
+* eq. 18-19: with Omega(U) = ||U||_F^2 the stationary point is U = (lam M- - (1 - lam) M+) / (2 gamma). The
+  printed eq. 19 has the opposite sign, which would *minimise* the negatives' score; we use the sign
+  that follows from eq. 18.
+* eq. 8: K_sigma(z) is the Gaussian-kernel (RBF) Gram matrix of C random points z_i ~ N(0, I_d):
+  K_ij = exp(-||z_i - z_j||^2 / (2 sigma^2)); Q(U) is a Monte-Carlo mean over a fixed bank of such z.
+* eq. 9: u(x; U) = tr(q U q^T) with q a row vector is the scalar q U q^T.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from tandemseg.data.classes import ClassTable
+from tandemseg.errors import TandemsegError
+from tandemseg.models.blocks import resize
+
+STATS_READINGS = ("pixels", "set")
+FILE_FORMAT = "tandemseg-uncertainty"
+FILE_VERSION = 1
+MIN_SET_FRACTION = 0.01  # stats="set": a frame's negative (positive) vector needs >= 1% of its pixels in the set
+
+
+class UncertaintyError(TandemsegError):
+    """An uncertainty-matrix file is missing, corrupt, or does not fit the model's classes."""
+
+
+# ----------------------------------------------------------------------------- pixel level (eq. 11-12)
+
+
+def softmax_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities over dim 1 (N, C, h, w)."""
+    return logits.float().softmax(1)
+
+
+def mean_probs(probs: torch.Tensor) -> torch.Tensor:
+    """q(x): pixel-averaged class probabilities, (N, C, h, w) -> (N, C) (the input of eq. 9)."""
+    return probs.flatten(2).mean(2)
+
+
+def pixel_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: E = -sum_k p_k log p_k over dim 1, (N, C, H, W) -> (N, H, W), in nats."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(1)
+
+
+def entropy_threshold(entropy: torch.Tensor, tau: float | None = None, top_percent: float | None = None) -> float:
+    """The tau of eq. 12: given directly, or so that the `top_percent` % most uncertain pixels exceed it."""
+    if (tau is None) == (top_percent is None):
+        raise ValueError("give exactly one of tau (nats) or top_percent (0..100)")
+    if tau is not None:
+        return float(tau)
+    if not 0.0 <= top_percent <= 100.0:
+        raise ValueError(f"top_percent must be in 0..100, got {top_percent}")
+    if top_percent == 0.0:
+        return float("inf")
+    return float(torch.quantile(entropy.flatten().float(), 1.0 - top_percent / 100.0))
+
+
+def entropy_mask(entropy: torch.Tensor, tau: float | None = None, top_percent: float | None = None) -> torch.Tensor:
+    """Eq. 12: M = 1[E > tau] (bool, same shape as `entropy`)."""
+    return entropy > entropy_threshold(entropy, tau, top_percent)
+
+
+# ----------------------------------------------------------------------------- eq. 5 statistics
+
+
+@dataclass
+class FrameStats:
+    """One frame's eq. 5 sums: s_pos/s_neg (C,) = summed probabilities over correct/wrong valid pixels."""
+
+    q: np.ndarray  # (C,) q(x): mean probabilities over all pixels (what the score sees)
+    s_pos: np.ndarray  # (C,)
+    s_neg: np.ndarray  # (C,)
+    n_pos: int
+    n_neg: int
+
+    @property
+    def n_valid(self) -> int:
+        return self.n_pos + self.n_neg
+
+    @property
+    def error_rate(self) -> float:
+        return self.n_neg / max(self.n_valid, 1)
+
+    def vectors(self, stats: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(q+, q-) under the chosen reading of eq. 5; None where the set is (nearly) empty."""
+        if stats == "pixels":
+            n = max(self.n_valid, 1)
+            return (self.s_pos / n if self.n_pos else None), (self.s_neg / n if self.n_neg else None)
+        if stats == "set":
+            least = max(1, math.ceil(MIN_SET_FRACTION * self.n_valid))
+            qp = self.s_pos / self.n_pos if self.n_pos >= least else None
+            qn = self.s_neg / self.n_neg if self.n_neg >= least else None
+            return qp, qn
+        raise ValueError(f"unknown stats reading {stats!r}; valid: {', '.join(STATS_READINGS)}")
+
+
+def frame_stats(probs: torch.Tensor, label: torch.Tensor, ignore_index: int) -> FrameStats:
+    """Eq. 5 sums for one frame from its probabilities (C, H, W) at the label's resolution and label (H, W)."""
+    c = probs.shape[0]
+    flat = probs.reshape(c, -1).double()  # (C, HW)
+    lab = label.reshape(-1)
+    valid = (lab != ignore_index) & (lab >= 0) & (lab < c)
+    correct = (flat.argmax(0) == lab) & valid
+    wrong = valid & ~correct
+    return FrameStats(
+        q=flat.mean(1).numpy(),
+        s_pos=(flat * correct).sum(1).numpy(),
+        s_neg=(flat * wrong).sum(1).numpy(),
+        n_pos=int(correct.sum()),
+        n_neg=int(wrong.sum()),
+    )
+
+
+def second_moment(qs: np.ndarray) -> np.ndarray:
+    """E[q q^T] over rows of (N, C) -> (C, C)."""
+    qs = np.atleast_2d(np.asarray(qs, dtype=np.float64))
+    if len(qs) == 0:
+        raise ValueError("no vectors to average: the fit data has no correct (or no wrong) pixels")
+    return qs.T @ qs / len(qs)
+
+
+def moments(stats_list: list[FrameStats], stats: str) -> tuple[np.ndarray, np.ndarray]:
+    """(M+, M-) = (E+[q q^T], E-[q q^T]) over frames, under the chosen eq. 5 reading."""
+    pos, neg = [], []
+    for s in stats_list:
+        qp, qn = s.vectors(stats)
+        if qp is not None:
+            pos.append(qp)
+        if qn is not None:
+            neg.append(qn)
+    if not pos or not neg:
+        raise UncertaintyError(
+            f"the fit data gives {len(pos)} positive and {len(neg)} negative vectors; both are needed. "
+            "Fit on more frames or on shifted frames where the device makes mistakes (--shifts)."
+        )
+    return second_moment(np.stack(pos)), second_moment(np.stack(neg))
+
+
+# ----------------------------------------------------------------------------- U: closed form and fit (eq. 6-8, 18-19)
+
+
+def closed_form_from_moments(m_pos: np.ndarray, m_neg: np.ndarray, lam: float = 0.5, gamma: float = 1.0) -> np.ndarray:
+    """Eq. 19 (sign from eq. 18): U = (lam M- - (1 - lam) M+) / (2 gamma)."""
+    check_lam_gamma(lam, gamma)
+    return (lam * np.asarray(m_neg, np.float64) - (1.0 - lam) * np.asarray(m_pos, np.float64)) / (2.0 * gamma)
+
+
+def closed_form_u(q_pos: np.ndarray, q_neg: np.ndarray, lam: float = 0.5, gamma: float = 1.0) -> np.ndarray:
+    """Eq. 19 from positive/negative vectors (N+, C), (N-, C) -> U (C, C). Used by DCAM (cloud/dcam.py) too."""
+    return closed_form_from_moments(second_moment(q_pos), second_moment(q_neg), lam, gamma)
+
+
+def check_lam_gamma(lam: float, gamma: float) -> None:
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must be in [0, 1] (eq. 6), got {lam}")
+    if not gamma > 0.0:
+        raise ValueError(f"gamma must be > 0 (eq. 6), got {gamma}")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The Gaussian-kernel term of eq. 7-8: `samples` random Gram matrices of C points z_i ~ N(0, I_dim)."""
+
+    sigma: float = 1.0
+    dim: int = 2
+    samples: int = 256
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {"sigma": self.sigma, "dim": self.dim, "samples": self.samples, "seed": self.seed}
+
+
+def kernel_bank(num_classes: int, spec: KernelSpec) -> torch.Tensor:
+    """K_sigma(z) for `spec.samples` draws of z (C, dim): RBF Gram matrices (S, C, C), fixed by the seed."""
+    g = torch.Generator().manual_seed(spec.seed)
+    z = torch.randn(spec.samples, num_classes, spec.dim, generator=g, dtype=torch.float64)  # (S, C, d)
+    d2 = torch.cdist(z, z).pow(2)  # (S, C, C)
+    return torch.exp(-d2 / (2.0 * spec.sigma**2))
+
+
+def log_kernel_similarity(u: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """log Q(U) of eq. 8: log mean_s exp(-1/2 ||K_s - U||_F^2), via logsumexp (Q underflows otherwise)."""
+    d = -0.5 * (bank - u).pow(2).sum((-2, -1))  # (S,)
+    return torch.logsumexp(d, 0) - math.log(bank.shape[0])
+
+
+def contrastive_loss(
+    u: torch.Tensor, m_pos: torch.Tensor, m_neg: torch.Tensor, lam: float, gamma: float, bank: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 6 with eq. 7 in moment form: Q(U) [(1-lam) tr(U M+) - lam tr(U M-)] + gamma ||U||_F^2 (Q = 1 without kernel)."""
+    contrast = (1.0 - lam) * (u * m_pos).sum() - lam * (u * m_neg).sum()  # tr(U M) = sum(U * M) for symmetric M
+    if bank is not None:
+        contrast = torch.exp(log_kernel_similarity(u, bank)) * contrast
+    return contrast + gamma * u.pow(2).sum()
+
+
+def fit_u(
+    m_pos: np.ndarray, m_neg: np.ndarray, lam: float = 0.5, gamma: float = 1.0, kernel: KernelSpec | None = None,
+    init: np.ndarray | None = None, steps: int = 200,
+) -> tuple[np.ndarray, dict]:
+    """Minimise eq. 6 over symmetric U with L-BFGS, from the closed form of eq. 19 (or `init`).
+
+    Without the kernel term eq. 6 is a strictly convex quadratic whose minimiser *is* eq. 19, so the
+    optimiser stops at once; with it, Q(U) couples U to the kernel matrices and the optimum moves.
+    Returns (U, info) with the loss before/after and the gradient norm at the end.
+    """
+    check_lam_gamma(lam, gamma)
+    mp = torch.as_tensor(m_pos, dtype=torch.float64)
+    mn = torch.as_tensor(m_neg, dtype=torch.float64)
+    bank = kernel_bank(mp.shape[0], kernel) if kernel is not None else None
+    start = closed_form_from_moments(m_pos, m_neg, lam, gamma) if init is None else np.asarray(init, np.float64)
+    a = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+
+    def loss_of(x: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(0.5 * (x + x.T), mp, mn, lam, gamma, bank)  # symmetric: q U q^T sees only (U + U^T)/2
+
+    opt = torch.optim.LBFGS([a], lr=1.0, max_iter=steps, tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe")
+    loss0 = float(loss_of(a).detach())
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_of(a)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    u = 0.5 * (a + a.T)
+    u_final = u.detach()
+    grad = torch.autograd.functional.jacobian(lambda x: loss_of(x), u_final)
+    info = {"loss_init": loss0, "loss": float(loss_of(u_final)), "grad_norm": float(grad.norm())}
+    return u_final.numpy(), info
+
+
+# ----------------------------------------------------------------------------- the score (eq. 9) and the file
+
+
+def score(q: np.ndarray | torch.Tensor, u: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Eq. 9: u(x) = q U q^T for each row of q (N, C) -> (N,) (or a scalar array for q (C,))."""
+    q = torch.as_tensor(q, dtype=torch.float64)
+    u = torch.as_tensor(u, dtype=torch.float64)
+    return torch.einsum("...i,ij,...j->...", q, u, q).numpy()
+
+
+@dataclass
+class UncertaintyMatrix:
+    """U with its provenance. `version` counts DCAM updates (0 = as fitted); the runtime replaces U on a newer reply."""
+
+    u: np.ndarray  # (C, C) float64
+    classes: ClassTable
+    meta: dict = field(default_factory=dict)
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        self.u = np.asarray(self.u, dtype=np.float64)
+        c = self.classes.num_classes
+        if self.u.shape != (c, c):
+            raise UncertaintyError(f"U has shape {self.u.shape} but the class table has {c} classes; it must be ({c}, {c})")
+        if not np.isfinite(self.u).all():
+            raise UncertaintyError("U holds NaN or inf values; refit it with `tandemseg fit-uncertainty`")
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes.num_classes
+
+    def score(self, q: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Eq. 9 for a batch of q (N, C) or one q (C,)."""
+        return score(q, self.u)
+
+    def replace(self, u: np.ndarray, version: int) -> bool:
+        """Take a newer U (DCAM reply); ignore stale versions. Returns whether U changed."""
+        if version <= self.version:
+            return False
+        u = np.asarray(u, dtype=np.float64)
+        if u.shape != self.u.shape or not np.isfinite(u).all():
+            raise UncertaintyError(f"a U update of shape {u.shape} (finite: {bool(np.isfinite(u).all())}) cannot replace U {self.u.shape}")
+        self.u, self.version = u, int(version)
+        return True
+
+    def save(self, path: str | Path) -> Path:
+        """safetensors with tensor `U` (C, C) float32 and string metadata (classes, fit settings, provenance)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FILE_FORMAT,
+            "format_version": str(FILE_VERSION),
+            "classes": json.dumps(self.classes.to_json()),
+            "version": str(self.version),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in self.meta.items()},
+        }
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        save_file({"U": self.u.astype(np.float32)}, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, expect_classes: ClassTable | None = None) -> UncertaintyMatrix:
+        """Read a file written by `save`; fails with a one-line reason on a missing/corrupt file or a class mismatch."""
+        path = Path(path)
+        if not path.is_file():
+            raise UncertaintyError(f"uncertainty matrix not found: {path}. Fit one with `tandemseg fit-uncertainty --ckpt DEVICE --out {path}`")
+        try:
+            tensors = load_file(str(path))
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                meta = dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UncertaintyError(f"{path} is not a readable safetensors file ({e}); refit it with `tandemseg fit-uncertainty`") from None
+        if meta.get("format") != FILE_FORMAT or "U" not in tensors:
+            raise UncertaintyError(f"{path} is not a tandemseg uncertainty matrix (no tensor 'U' / format tag); was it written by `tandemseg fit-uncertainty`?")
+        try:
+            classes = ClassTable.from_json(json.loads(meta.pop("classes")))
+        except (KeyError, ValueError, TypeError) as e:
+            raise UncertaintyError(f"{path}: its class table is missing or malformed ({e})") from None
+        if expect_classes is not None and tuple(classes.names) != tuple(expect_classes.names):
+            raise UncertaintyError(
+                f"{path} was fitted for {classes.num_classes} classes {list(classes.names)[:3]}... but the model predicts "
+                f"{expect_classes.num_classes} classes {list(expect_classes.names)[:3]}...; fit U for this device model"
+            )
+        version = int(meta.pop("version", "0"))
+        for k in ("format", "format_version", "created"):
+            meta.pop(k, None)
+        parsed = {k: _maybe_json(v) for k, v in meta.items()}
+        return cls(tensors["U"].astype(np.float64), classes, parsed, version)
+
+
+def _maybe_json(text: str):
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def rescale_like(u: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """U scaled to the Frobenius norm of `reference`. Ranking by eq. 9 is invariant to U's positive scale; a
+    common scale keeps DCAM's blend of U with a closed-form U_new (eq. 14) mixing like with like."""
+    n = np.linalg.norm(u)
+    return u if n == 0 else u * (np.linalg.norm(reference) / n)
+
+
+def upsampled_probs(coarse_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """p' of eq. 11: coarse logits (N, C, h, w) upsampled as the device model does (eq. 4), then softmax -> (N, C, H, W).
+
+    Upsampling the logits (not the probabilities) keeps argmax p' equal to the device's own prediction.
+    """
+    return resize(coarse_logits.float(), size).softmax(1)
+
+
+# ----------------------------------------------------------------------------- fitting U on a device model's outputs
+
+
+@torch.inference_mode()
+def model_frame_stats(model: torch.nn.Module, image: np.ndarray, label: np.ndarray, ignore_index: int) -> FrameStats:
+    """Eq. 5 sums of one labelled frame: correctness at full resolution (the device's real prediction),
+    q(x) from the coarse map (what the runtime scores)."""
+    from tandemseg.eval.evaluate import to_tensor  # evaluation helpers stay out of the module's import path
+
+    logits = model.forward_coarse(to_tensor([image]))  # (1, C, h, w)
+    full = upsampled_probs(logits, label.shape)[0]  # (C, H, W)
+    st = frame_stats(full, torch.from_numpy(np.asarray(label)), ignore_index)
+    st.q = mean_probs(logits.float().softmax(1))[0].double().numpy()
+    return st
+
+
+def score_diagnostics(scores: np.ndarray, errors: np.ndarray) -> dict:
+    """How well scores rank frames by device error rate: Spearman rho, and AUROC for the worst quarter."""
+    from scipy.stats import rankdata, spearmanr
+
+    scores, errors = np.asarray(scores, float), np.asarray(errors, float)
+    if len(scores) < 4 or np.ptp(scores) == 0 or np.ptp(errors) == 0:
+        return {"spearman": None, "auroc_worst_quarter": None}
+    rho = float(spearmanr(scores, errors).statistic)
+    hard = errors >= np.quantile(errors, 0.75)
+    ranks = rankdata(scores)
+    n1, n0 = int(hard.sum()), int((~hard).sum())
+    auroc = (ranks[hard].sum() - n1 * (n1 + 1) / 2) / (n1 * n0) if n1 and n0 else None
+    return {"spearman": rho, "auroc_worst_quarter": None if auroc is None else float(auroc)}
+
+
+def fit_from_stats(
+    stats_list: list[FrameStats], classes: ClassTable, lam: float = 0.5, gamma: float = 1.0, stats: str = "pixels",
+    kernel: KernelSpec | None = None, meta: dict | None = None,
+) -> tuple[UncertaintyMatrix, dict]:
+    """U from eq. 5 statistics: closed form (eq. 19), refined by eq. 6-8 when the kernel term is on.
+
+    The stored U is rescaled to the closed form's Frobenius norm (see `rescale_like`).
+    Returns the matrix and diagnostics (loss, gradient norm, ranking quality on the fit frames).
+    """
+    if stats not in STATS_READINGS:
+        raise UncertaintyError(f"unknown --stats reading {stats!r}; valid: {', '.join(STATS_READINGS)}")
+    m_pos, m_neg = moments(stats_list, stats)
+    closed = closed_form_from_moments(m_pos, m_neg, lam, gamma)
+    u, info = fit_u(m_pos, m_neg, lam, gamma, kernel)
+    u = rescale_like(u, closed)
+    q = np.stack([s.q for s in stats_list])
+    errs = np.array([s.error_rate for s in stats_list])
+    diag = {
+        **info, "frames": len(stats_list), "mean_error_rate": float(errs.mean()),
+        "cosine_to_closed_form": float((u * closed).sum() / max(np.linalg.norm(u) * np.linalg.norm(closed), 1e-300)),
+        **score_diagnostics(score(q, u), errs),
+    }
+    settings = {"lambda": lam, "gamma": gamma, "stats": stats, "kernel": None if kernel is None else kernel.to_json()}
+    return UncertaintyMatrix(u, classes, {**settings, **(meta or {}), "fit": diag}), diag
+
+
+def save_stats(path: str | Path, stats_list: list[FrameStats]) -> None:
+    """Cache eq. 5 sums per frame (the slow part of a fit), so lambda/gamma/kernel ablations refit in ms."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, q=np.stack([s.q for s in stats_list]), s_pos=np.stack([s.s_pos for s in stats_list]),
+             s_neg=np.stack([s.s_neg for s in stats_list]), n=np.array([[s.n_pos, s.n_neg] for s in stats_list]))
+
+
+def load_stats(path: str | Path) -> list[FrameStats]:
+    z = np.load(path)
+    return [FrameStats(q, sp, sn, int(n[0]), int(n[1])) for q, sp, sn, n in zip(z["q"], z["s_pos"], z["s_neg"], z["n"], strict=True)]

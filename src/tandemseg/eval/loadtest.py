@@ -1,0 +1,154 @@
+"""Load tests of a running `tandemseg serve`: K simulated devices posting encoded frames concurrently.
+
+Closed loop (`rate=0`): each device sends its next frame as soon as the previous reply arrives, which
+finds the peak throughput. Open loop (`rate>0`): frames are sent on a fixed schedule of `rate` frames/s
+in total whatever the replies do, which measures latency at a given load (a closed loop would hide
+queueing). Also: the raw batched model's throughput on the same machine, for the serving-efficiency ratio.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import torch
+
+from tandemseg.wire import http as wire
+from tandemseg.wire.messages import UploadRequest
+from tandemseg.wire.payload import encode_frame, pack_probs
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    devices: int = 4
+    frames: int = 16  # per device
+    height: int = 360
+    width: int = 480
+    codec: str = "png"
+    num_classes: int = 11
+    probs: bool = True  # send device probabilities (DCAM runs on the server)
+    probs_scale: int = 8  # coarse map = frame / probs_scale (the device's /4 output at input scale 0.5)
+    rate: float = 0.0  # total frames/s (open loop); 0 = closed loop
+    timeout_s: float = 30.0
+    max_seconds: float = 600.0  # stop sending after this long, whatever is left
+    distinct_frames: int = 8
+    seed: int = 0
+
+
+def synthetic_uploads(spec: LoadSpec) -> list[tuple[bytes, bytes | None, tuple[int, int, int] | None]]:
+    """`distinct_frames` encoded frames (smooth random scenes, realistic PNG sizes) with coarse probabilities."""
+    rng = np.random.default_rng(spec.seed)
+    out = []
+    for _ in range(spec.distinct_frames):
+        small = rng.integers(0, 256, (spec.height // 16 + 1, spec.width // 16 + 1, 3), dtype=np.uint8)
+        image = np.kron(small, np.ones((16, 16, 1), np.uint8))[: spec.height, : spec.width]  # blocky, compressible
+        image = np.clip(image.astype(np.int16) + rng.integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+        probs = shape = None
+        if spec.probs:
+            h, w = max(1, spec.height // spec.probs_scale), max(1, spec.width // spec.probs_scale)
+            p = rng.dirichlet(np.full(spec.num_classes, 0.3), size=(h, w)).transpose(2, 0, 1)
+            probs, shape = pack_probs(p.astype(np.float32))
+        out.append((encode_frame(image, spec.codec), probs, shape))
+    return out
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latency_ms: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.ok = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def record(self, ms: float, status: str, up: int, down: int) -> None:
+        with self.lock:
+            if status == "ok":
+                self.ok += 1
+                self.latency_ms.append(ms)
+            else:
+                self.errors[status] += 1
+            self.bytes_up += up
+            self.bytes_down += down
+
+
+def _device_loop(
+    server: str, device: str, token: str, spec: LoadSpec, uploads: list, rec: _Recorder, start_at: float, offset: float, stop_at: float
+) -> None:
+    period = spec.devices / spec.rate if spec.rate > 0 else 0.0
+    with httpx.Client(base_url=server, timeout=spec.timeout_s) as client:
+        for i in range(spec.frames):
+            if period:
+                send_at = start_at + offset + i * period  # open loop: the schedule does not wait for replies
+                delay = send_at - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            if time.perf_counter() > stop_at:
+                rec.record(0.0, "not_sent_time_cap", 0, 0)
+                continue
+            payload, probs, shape = uploads[i % len(uploads)]
+            req = UploadRequest(device, i, payload, spec.codec, spec.height, spec.width, device_probs=probs, device_probs_shape=shape)
+            headers, body = wire.encode_request(req, token)
+            t0 = time.perf_counter()
+            try:
+                r = client.post(wire.SEGMENT_PATH, content=body, headers=headers)
+                status = "ok" if r.status_code == 200 else f"http_{r.status_code}"
+                down = len(r.content)
+            except httpx.TimeoutException:
+                status, down = "timeout", 0
+            except httpx.HTTPError as e:
+                status, down = type(e).__name__, 0
+            rec.record((time.perf_counter() - t0) * 1000.0, status, len(body), down)
+
+
+def run_loadtest(server: str, credentials: list[tuple[str, str]], spec: LoadSpec) -> dict:
+    """K device threads against `server`; returns throughput, latency percentiles and errors by kind."""
+    if not credentials:
+        raise ValueError("the load test needs at least one DEVICE:TOKEN")
+    uploads = synthetic_uploads(spec)
+    rec = _Recorder()
+    start = time.perf_counter() + 0.05
+    stop_at = start + spec.max_seconds
+    period = spec.devices / spec.rate if spec.rate > 0 else 0.0
+    threads = [
+        threading.Thread(
+            target=_device_loop, daemon=True,
+            args=(server.rstrip("/"), *credentials[k % len(credentials)], spec, uploads, rec, start, k * period / spec.devices, stop_at),
+        )
+        for k in range(spec.devices)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat = np.asarray(rec.latency_ms) if rec.latency_ms else None
+    sent = spec.devices * spec.frames
+    return {
+        "server": server, "devices": spec.devices, "frames_per_device": spec.frames, "mode": "open" if spec.rate else "closed",
+        "offered_rate_fps": spec.rate or None, "frame": f"{spec.height}x{spec.width}", "codec": spec.codec, "probs": spec.probs,
+        "ok": rec.ok, "errors": dict(rec.errors), "error_rate": (sent - rec.ok) / max(sent, 1),
+        "wall_s": wall, "throughput_fps": rec.ok / wall if wall > 0 else None,
+        **{f"latency_ms_p{p}": (float(np.percentile(lat, p)) if lat is not None else None) for p in (50, 95, 99)},
+        "latency_ms_mean": float(lat.mean()) if lat is not None else None,
+        "bytes_up_per_frame": rec.bytes_up / max(sent, 1), "bytes_down_per_frame": rec.bytes_down / max(rec.ok, 1),
+    }
+
+
+@torch.no_grad()
+def raw_batched_throughput(model: torch.nn.Module, batch: int, height: int, width: int, batches: int = 4, warmup: int = 1) -> dict:
+    """Frames/s of the bare model forward on batches of `batch` frames (no HTTP, no decode, no DCAM)."""
+    model.eval()
+    x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
+    for _ in range(warmup):
+        model(x)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        model(x).argmax(1)
+    seconds = time.perf_counter() - t0
+    return {"batch": batch, "batches": batches, "seconds": seconds, "throughput_fps": batch * batches / seconds,
+            "ms_per_frame": 1000.0 * seconds / (batch * batches), "threads": torch.get_num_threads()}

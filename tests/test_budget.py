@@ -1,0 +1,97 @@
+"""Budget controllers: target rate met within 1 point on drifting score streams, causally; bytes budget."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tandemseg.device import budget as B
+from tandemseg.errors import SpecError
+
+T = 4000
+
+
+def drifting_streams() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = np.arange(T)
+    return {
+        "sine": 3 * np.sin(2 * np.pi * t / 700) + rng.normal(size=T),  # difficulty cycles faster than it can be learnt once
+        "step": np.where(t < T // 2, 0.0, 5.0) + rng.normal(size=T),  # a sudden shift
+        "ramp": (1 + t / 500) * rng.normal(size=T) + t / 300,  # drifting level and spread
+    }
+
+
+def run(controller: B.Controller, scores: np.ndarray) -> np.ndarray:
+    return np.array([controller.decide(float(s), i) for i, s in enumerate(scores)])
+
+
+@pytest.mark.parametrize("mode", ["window", "sa"])
+@pytest.mark.parametrize("rate", [0.05, 0.1, 0.2])
+def test_rate_met_within_one_point_on_drifting_streams(mode: str, rate: float) -> None:
+    for name, scores in drifting_streams().items():
+        c = B.make_controller(B.BudgetSpec(rate=rate, mode=mode))
+        decisions = run(c, scores)
+        assert abs(decisions.mean() - rate) <= 0.01, (name, decisions.mean())
+        assert c.summary()["achieved_rate"] == decisions.mean()
+
+
+def test_window_controller_tracks_the_drift_locally() -> None:
+    """After a step in difficulty the threshold follows: each 500-frame block stays near the target."""
+    decisions = run(B.WindowController(0.1), drifting_streams()["step"])
+    blocks = decisions.reshape(-1, 500).mean(1)
+    assert np.abs(blocks - 0.1).max() <= 0.03
+
+
+def test_decisions_are_causal() -> None:
+    """Frame t's decision depends only on scores up to t: two streams equal up to t decide alike up to t."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=600)
+    b = a.copy()
+    b[300:] = rng.normal(size=300) + 10
+    for mode in ("window", "sa"):
+        da = run(B.make_controller(B.BudgetSpec(rate=0.1, mode=mode)), a)
+        db = run(B.make_controller(B.BudgetSpec(rate=0.1, mode=mode)), b)
+        assert np.array_equal(da[:300], db[:300])
+
+
+def test_vetoed_frames_are_never_uploaded() -> None:
+    scores = np.where(np.arange(1000) % 2 == 0, -math.inf, np.random.default_rng(2).normal(size=1000))
+    d = run(B.WindowController(0.2), scores)
+    assert not d[scores == -math.inf].any()
+    assert abs(d.mean() - 0.2) <= 0.01  # the budget is spent on the eligible half
+
+
+def test_byte_budget_respects_bytes_per_second() -> None:
+    rng = np.random.default_rng(3)
+    fps, budget, frames = 10.0, 60_000.0, 3000
+    sizes = rng.integers(40_000, 80_000, frames)
+    c = B.ByteBudgetController(budget, fps, burst_s=5.0, initial_bytes=60_000)
+    sent = 0
+    for i, s in enumerate(rng.normal(size=frames)):
+        if c.decide(float(s), i):
+            c.charge(int(sizes[i]))
+            sent += int(sizes[i])
+    allowed = budget * frames / fps
+    assert sent <= allowed + c.capacity + sizes.max()
+    assert sent >= 0.95 * allowed  # and it spends the budget rather than losing it at the bucket's cap
+    assert abs(c.stats.achieved_rate - budget / fps / sizes.mean()) < 0.01
+
+
+def test_fixed_selection_and_zero_rate() -> None:
+    c = B.FixedSelection([1, 3], total_frames=5)
+    assert [c.decide(0.0, i) for i in range(5)] == [False, True, False, True, False]
+    assert c.target_rate == 0.4
+    assert not run(B.WindowController(0.0), np.arange(50.0)).any()
+    assert run(B.WindowController(1.0), np.arange(50.0)).all()
+
+
+def test_bad_budgets_are_rejected() -> None:
+    for bad in (-0.1, 1.5, "x"):
+        with pytest.raises(SpecError):
+            B.WindowController(bad)
+    with pytest.raises(SpecError, match="valid: window, sa"):
+        B.make_controller(B.BudgetSpec(rate=0.1, mode="pid"))
+    with pytest.raises(SpecError):
+        B.ByteBudgetController(0, 10)

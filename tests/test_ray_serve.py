@@ -1,0 +1,80 @@
+"""A short round trip through Ray Serve on a local Ray instance (marked `ray`; `.ci/run` runs it like every test).
+
+The Ray-free parts (SegmenterImpl, DeviceStatesImpl) are tested without Ray first, so a failure says which
+half broke; one test then starts Ray (1 CPU, no dashboard), deploys the app and talks HTTP to it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+from _service_helpers import TOK1, TOKENS, C, save_tiny, upload
+
+from tandemseg.cloud.dcam import DcamSettings, dcam_update
+from tandemseg.data.classes import CAMVID
+from tandemseg.wire.payload import decode_label_png, unpack_probs
+
+
+def test_split_dcam_matches_the_plain_service(tmp_path):
+    """Evidence on a replica + blend in the state owner == CloudService's own dcam_update."""
+    from tandemseg.cloud.ray_app import DeviceStatesImpl, SegmenterImpl
+
+    ckpt = save_tiny(tmp_path / "cloud", "cloud")
+    seg = SegmenterImpl(str(ckpt), True, DcamSettings())
+    states = DeviceStatesImpl(C, 0.5, DcamSettings(), np.eye(C))
+    reqs = [upload("dev1", i, seed=i) for i in range(3)]
+    u = np.eye(C)
+    for req, (reply, evidence) in zip(reqs, seg.segment(reqs), strict=True):
+        got, version = states.apply("dev1", 0, evidence)
+        u, _ = dcam_update(u, unpack_probs(req.device_probs, req.device_probs_shape), decode_label_png(reply.label_png), 0.5)
+        assert got is not None and np.allclose(got, u, atol=1e-6)
+    assert states.get("dev1")["frames"] == 3 and states.get("dev2")["u_version"] == 0
+    bad = upload("dev1", 9)
+    bad.payload = b"not an image"
+    out = seg.segment([upload("dev1", 8), bad])
+    assert isinstance(out[1], Exception) and not isinstance(out[0], Exception)  # the bad frame fails alone
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_serve_round_trip(tmp_path, monkeypatch):
+    pytest.importorskip("ray.serve")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local instance needs no cluster token
+    from ray import serve
+
+    from tandemseg.cloud.app import Limits
+    from tandemseg.cloud.auth import TokenMap
+    from tandemseg.cloud.ray_app import RayOptions, build_ray_app, start_ray, stop_ray
+    from tandemseg.device.http_link import HttpLink, RetryPolicy
+
+    ckpt = save_tiny(tmp_path / "cloud", "cloud")
+    port = _free_port()
+    app = build_ray_app(str(ckpt), TokenMap.parse(TOKENS), Limits(), 0.5, np.eye(C), RayOptions(replicas=1, replica_cpus=0, threads=1))
+    start_ray(None, "127.0.0.1", port, num_cpus=1)
+    try:
+        serve.run(app, blocking=False, route_prefix="/")
+        link = HttpLink(f"http://127.0.0.1:{port}", TOK1, retry=RetryPolicy(timeout_s=60, deadline_s=120))
+        try:
+            assert link.health()["classes"] == C
+            replies = [link.submit(upload("dev1", i, seed=i)).result(timeout=180) for i in range(2)]
+            assert [r.frame_id for r in replies] == [0, 1]
+            assert decode_label_png(replies[0].label_png).shape == (32, 48)
+            assert max(r.u_version for r in replies) >= 1 and replies[0].u_matrix is not None  # DCAM through DeviceStates
+            state = link.get_state()
+            assert state["device_id"] == "dev1" and state["frames"] == 2
+        finally:
+            link.close()
+    finally:
+        stop_ray()
+    assert CAMVID.num_classes == C
+    assert not os.environ.get("RAY_ADDRESS")  # nothing leaked into the environment for later tests
