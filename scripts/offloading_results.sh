@@ -44,31 +44,36 @@ done
 # 1. U for the committed device model (the headline), and the ablation variants. The eq. 5
 #    statistics are computed once per calibration set (cached), every refit takes milliseconds.
 $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
-  --lambda 0.5 --out "$U" "${COMMON[@]}" --json "$OUT/fit.json"
+  --lambda auto --out "$U" "${COMMON[@]}" --json "$OUT/fit.json"
 V="$OUT/u"
 mkdir -p "$V"
-for lam in 0.3 0.7 0.9; do
+for lam in 0.3 0.5 0.7 0.9; do
   $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
     --lambda $lam --out "$V/lam$lam.safetensors" "${COMMON[@]}" --json "$V/lam$lam.json"
 done
 $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
-  --kernel --out "$V/kernel.safetensors" "${COMMON[@]}" --json "$V/kernel.json"
+  --lambda auto --kernel --out "$V/kernel.safetensors" "${COMMON[@]}" --json "$V/kernel.json"
 $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
-  --stats set --out "$V/set.safetensors" "${COMMON[@]}" --json "$V/set.json"
+  --lambda auto --stats set --out "$V/set.safetensors" "${COMMON[@]}" --json "$V/set.json"
 $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts clean \
-  --out "$V/clean-calib.safetensors" "${COMMON[@]}" --json "$V/clean-calib.json"
+  --lambda auto --out "$V/clean-calib.safetensors" "${COMMON[@]}" --json "$V/clean-calib.json"
 VARIANTS=()
-for name in lam0.3 lam0.7 lam0.9 kernel set clean-calib; do
+for name in lam0.3 lam0.5 lam0.7 lam0.9 kernel set clean-calib; do
   VARIANTS+=(--variant "$name=$V/$name.safetensors")
 done
 
 # 2. Every policy at 5/10/20% upload, clean, three shifts and a mixed stream (conditions switch
 #    every 10 frames), with the U variants riding along (ablation), curves as PNG.
+#    The same again with the per-stream top-k threshold (`--controller hindsight`, not causal): it
+#    separates how well a score ranks frames from what the causal controller makes of it.
 for shift in clean dusk fog:3 gaussian_noise:3 stream:mixed/10; do
   name=${shift//[:\/]/-}
-  $RUN collab --data "$DATA" --split val --shift "$shift" --device-ckpt "$DEV" --cloud-ckpt "$CLOUD" \
-    --uncertainty "$U" "${VARIANTS[@]}" --sweep "$RATES" "${LIMIT[@]}" "${COMMON[@]}" \
-    --json "$OUT/sweep-$name.json"
+  for ctl in window hindsight; do
+    prefix=$([[ $ctl == window ]] && echo sweep || echo hindsight)
+    $RUN collab --data "$DATA" --split val --shift "$shift" --device-ckpt "$DEV" --cloud-ckpt "$CLOUD" \
+      --uncertainty "$U" "${VARIANTS[@]}" --sweep "$RATES" --controller $ctl "${LIMIT[@]}" "${COMMON[@]}" \
+      --json "$OUT/$prefix-$name.json"
+  done
 done
 
 # 3. Single runs through the real DeviceRuntime + InProcessLink (bytes, latency, paths agree).
@@ -86,33 +91,57 @@ $RUN collab --data "$DATA" --split val --shift stream:mixed/10 --device-ckpt "$D
   --uncertainty "$U" --policy acdc --bytes-per-s 30000 --fps 10 "${LIMIT[@]}" "${COMMON[@]}" \
   --json "$OUT/run-acdc-bytes.json"
 
-# 4. Tables.
+# 4. Tables (docs/results/offloading/<kind>/tables.md).
 .venv/bin/python - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
+ORDER = ["clean", "dusk", "fog:3", "gaussian_noise:3", "stream:mixed/10"]
+MAIN = ["acdc", "acdc_ent", "entropy", "cema", "confidence", "random", "oracle"]
+def pct(v): return "-" if v is None else f"{100 * v:.1f}"
+def load(prefix):
+    runs = {}
+    for f in out.glob(f"{prefix}-*.json"):
+        s = json.loads(f.read_text())
+        runs[s["shift"]] = s
+    return [runs[k] for k in ORDER if k in runs]
+def table(sweeps, policies, value, title):
+    rates = sweeps[0]["rates"]
+    head = "| policy | " + " | ".join(f"{s['shift']} {int(100 * r)}%" for s in sweeps for r in rates) + " |"
+    lines = [f"**{title}**", "", head, "|" + " --- |" * (1 + len(sweeps) * len(rates))]
+    lines.append("| device only | " + " | ".join(pct(s["device_miou"]) for s in sweeps for _ in rates) + " |")
+    lines.append("| cloud only | " + " | ".join(pct(s["cloud_miou"]) for s in sweeps for _ in rates) + " |")
+    for p in policies:
+        cells = []
+        for s in sweeps:
+            rows = {r["target_rate"]: r for r in s["rows"] if r["policy"] == p}
+            cells += [value(rows.get(r)) for r in rates]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return lines + [""]
+def miou(r): return "-" if r is None else f"{100 * r['collab_miou']:.1f} ({100 * r['upload_rate']:.0f}%)"
+def gain(r): return "-" if r is None or r["gain_captured"] is None else f"{100 * r['gain_captured']:.0f}%"
 lines = []
-def pct(v): return "-" if v is None else f"{100 * v:.2f}"
-for f in sorted(out.glob("sweep-*.json")):
-    s = json.loads(f.read_text())
-    lines += [f"### {s['shift']} ({s['frames'] if 'frames' in s else ''})", "",
-              f"device-only mIoU {pct(s['device_miou'])}, cloud-only {pct(s['cloud_miou'])}; "
-              f"device {s['device_ms']:.1f} ms / {s['device_gflops']:.2f} GFLOPs, cloud {s['cloud_ms']:.0f} ms / {s['cloud_gflops']:.1f} GFLOPs per frame ({s['threads']} thread)", "",
-              "| policy | target | achieved | collab mIoU | oracle mIoU | gain captured | kB up/frame | score ms |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in s["rows"]:
-        g = "-" if r["gain_captured"] is None else f"{100 * r['gain_captured']:.0f}%"
-        lines.append(f"| {r['policy']} | {100 * r['target_rate']:.0f}% | {pct(r['upload_rate'])}% | {pct(r['collab_miou'])} | "
-                     f"{pct(r['oracle_miou'])} | {g} | {r['bytes_up_per_frame'] / 1e3:.1f} | {r['score_ms']:.2f} |")
-    lines.append("")
+for prefix, what in (("sweep", "causal window controller"), ("hindsight", "per-stream top-k threshold (not causal)")):
+    sweeps = load(prefix)
+    if not sweeps:
+        continue
+    variants = list(dict.fromkeys(r["policy"] for r in sweeps[0]["rows"] if r["policy"].startswith("acdc:")))
+    lines += [f"### {what}", ""]
+    lines += table(sweeps, MAIN, miou, "collab mIoU % (achieved upload rate)")
+    lines += table(sweeps, MAIN, gain, "gain captured = (collab - device) / (oracle - device), oracle at the same number of uploads")
+    lines += table(sweeps, ["acdc", *variants], gain, "ablation: gain captured by U variants")
+s = (load("sweep") or load("hindsight"))[0]
+lines += [f"Cost per frame: device {s['device_ms']:.1f} ms / {s['device_gflops']:.2f} GFLOPs, cloud {s['cloud_ms']:.0f} ms / "
+          f"{s['cloud_gflops']:.1f} GFLOPs ({s['threads']} thread); scoring (policy + controller) per frame, median ms: "
+          + ", ".join(f"{r['policy']} {r['score_ms']:.2f}" for r in s["rows"] if r["target_rate"] == 0.1 and ":" not in r["policy"]), ""]
 for f in sorted(out.glob("run-*.json")):
     r = json.loads(f.read_text())
-    g = "-" if r["gain_captured"] is None else f"{100 * r['gain_captured']:.0f}%"
-    lines.append(f"- `{f.name}`: {r['policy']} {r['shift']} codec {r['codec']}: collab {pct(r['collab_miou'])} (device {pct(r['device_miou'])}, "
-                 f"cloud {pct(r['cloud_miou'])}, oracle {pct(r['oracle_miou'])}), gain captured {g}, rate {pct(r['upload_rate'])}% "
-                 f"(target {pct(r['target_rate'])}%), {r['bytes_up_per_frame'] / 1e3:.1f} kB up/frame, device {r['device_ms']:.1f} ms + "
-                 f"score {r['score_ms']:.2f} ms ({100 * (r['score_overhead'] or 0):.1f}%), paths agree: {r['paths_agree']}")
+    lines.append(f"- `{f.name}`: {r['policy']} on {r['shift']}, codec {r['codec']}: collab {pct(r['collab_miou'])} (device {pct(r['device_miou'])}, "
+                 f"cloud {pct(r['cloud_miou'])}, oracle {pct(r['oracle_miou'])}), gain captured {gain(r)}, upload rate {pct(r['upload_rate'])}% "
+                 f"(target {pct(r['target_rate'])}%), {r['bytes_up_per_frame'] / 1e3:.1f} kB up/frame "
+                 f"({(r['bytes_up_per_upload'] or 0) / 1e3:.0f} kB per upload), device {r['device_ms']:.1f} ms + scoring {r['score_ms']:.2f} ms "
+                 f"({100 * (r['score_overhead'] or 0):.1f}%), runtime and cached paths agree: {r['paths_agree']}")
 (out / "tables.md").write_text("\n".join(lines) + "\n")
 print(out / "tables.md")
 EOF

@@ -18,8 +18,9 @@ RUNS=${RUNS:-runs/service}
 THREADS=${THREADS:-2}
 # the mixed shift stream of docs/results/offloading.md (conditions switch every 10 frames) over CamVid val (101 frames)
 STREAM=${STREAM:-stream:mixed/10}
-# U of the offloading results (scripts/offloading_results.sh fits it the same way when it is missing)
+# U of the offloading results (scripts/offloading_results.sh); when it is missing, fitted the same way into runs/
 U=${U:-checkpoints/camvid-uncertainty.safetensors}
+[ -f "$U" ] || U=$RUNS/u-camvid.safetensors
 CALIB=clean,shot_noise:3,impulse_noise:3,zoom_blur:3,brightness:3,pixelate:3,elastic_transform:3
 ALPHA=${ALPHA:-0.1}
 PORT=${PORT:-18080}
@@ -66,15 +67,25 @@ dcam() {
       --policy acdc --rate "$rate" --dcam-alpha 0 --threads 1 --cache-dir runs/offloading-cache --json "$OUT/collab-acdc-r${rate}-no-dcam.json"
   done
   stop_server
+  # ablation: a larger DCAM weight
+  for alpha in ${ALPHA_ABLATION:-0.5}; do
+    start_server --uncertainty "$U" --dcam-alpha "$alpha" --max-batch 4
+    for rate in 0.05 0.1 0.2; do
+      TANDEMSEG_TOKEN=results-token-cam1 $TS device --server "http://127.0.0.1:$PORT" --data "$DATA" --split val --shift "$STREAM" \
+        --device-ckpt "$DEV" --uncertainty "$U" --policy acdc --rate "$rate" --dcam --max-lag 0 --deadline-ms 120000 \
+        --timeout-s 60 --threads 1 --json "$OUT/device-acdc-r${rate}-dcam-a${alpha}.json"
+    done
+    stop_server
+  done
 }
 
 serving() {
   K=${K:-4}
-  FRAMES=${FRAMES:-8}
+  FRAMES=${FRAMES:-12}
   start_server --uncertainty "$U" --dcam-alpha "$ALPHA" --max-batch "$K" --max-wait-ms 20
   # peak: K devices in closed loop; the raw batched forward of the same checkpoint is timed in the same run
   $TS loadtest --server "http://127.0.0.1:$PORT" --devices "$K" --frames "$FRAMES" --raw-ckpt "$CLOUD" --raw-batch "$K" \
-    --raw-batches 3 --threads "$THREADS" --json "$OUT/loadtest-peak.json"
+    --raw-batches 4 --threads "$THREADS" --json "$OUT/loadtest-peak.json"
   half=$(.venv/bin/python -c "import json; print(json.load(open('$OUT/loadtest-peak.json'))['throughput_fps'] / 2)")
   # half of peak, open loop: frames are sent on schedule whatever the replies do
   $TS loadtest --server "http://127.0.0.1:$PORT" --devices "$K" --frames "$FRAMES" --rate "$half" --json "$OUT/loadtest-half.json"
@@ -118,10 +129,63 @@ print(json.dumps(result, indent=2))
 EOF
 }
 
+tables() {  # docs/results/service/tables.md from the JSON above (whatever of it exists)
+  .venv/bin/python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+def load(name):
+    f = out / name
+    return json.loads(f.read_text()) if f.is_file() else None
+def pct(v): return "-" if v is None else f"{100 * v:.2f}"
+lines = ["## DCAM through the server (CamVid val, shift stream)", "",
+         "| upload target | achieved (no DCAM / DCAM) | device-only | collab, no U adaptation | collab, DCAM | delta | U updates applied | fallbacks | in-process collab (no DCAM / DCAM) |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+for rate in ("0.05", "0.1", "0.2"):
+    a, b = load(f"device-acdc-r{rate}-no-dcam.json"), load(f"device-acdc-r{rate}-dcam.json")
+    ca, cb = load(f"collab-acdc-r{rate}-no-dcam.json"), load(f"collab-acdc-r{rate}-dcam.json")
+    if not (a and b):
+        continue
+    delta = 100 * (b["collab_miou"] - a["collab_miou"])
+    lines.append(f"| {100 * float(rate):.0f}% | {pct(a['upload_rate'])}% / {pct(b['upload_rate'])}% | {pct(a['device_miou'])} | {pct(a['collab_miou'])} | "
+                 f"{pct(b['collab_miou'])} | {delta:+.2f} | {b['u_updates_applied']} | {a['fallbacks']} / {b['fallbacks']} | "
+                 f"{pct(ca['collab_miou']) if ca else '-'} / {pct(cb['collab_miou']) if cb else '-'} |")
+lines.append("")
+peak, half = load("loadtest-peak.json"), load("loadtest-half.json")
+if peak:
+    raw = peak.get("raw_batched") or {}
+    lines += ["## Serving efficiency", "", "| run | frames/s | p50 ms | p95 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- |"]
+    if raw:
+        lines.append(f"| raw batched forward (batch {raw['batch']}, {raw['threads']} threads; before {raw.get('before_fps', 0):.3f}, "
+                     f"after {raw.get('after_fps', 0):.3f}) | {raw['throughput_fps']:.3f} | - | - | - | - |")
+    for name, r in (("service, closed loop (peak)", peak), ("service, open loop at half of peak", half)):
+        if r:
+            lines.append(f"| {name}, {r['devices']} devices | {r['throughput_fps']:.3f} | {r['latency_ms_p50']:.0f} | "
+                         f"{r['latency_ms_p95']:.0f} | {r['latency_ms_p99']:.0f} | {r['errors'] or 0} |")
+    lines.append("")
+    if raw:
+        lines.append(f"service / raw = {peak['throughput_fps'] / raw['throughput_fps']:.3f}")
+    if half:
+        lines.append(f"p99 / p50 at half of peak = {half['latency_ms_p99'] / half['latency_ms_p50']:.2f}")
+    lines.append("")
+pb = load("payload-bytes.json")
+if pb:
+    lines += ["## Payload bytes per frame", "", f"uncompressed frame: {pb['uncompressed_bytes']:.0f} bytes ({pb['frame']})", "",
+              "| codec | bytes/frame | ratio |", "| --- | --- | --- |"]
+    lines += [f"| {c} | {v['bytes_mean']:.0f} | {v['ratio']:.1f}x |" for c, v in pb["codecs"].items()]
+    lines += ["", f"device probabilities for DCAM: {pb['device_probs_bytes_mean']:.0f} bytes (zlib of {pb['device_probs_uncompressed']} uint8, "
+              f"shape {pb['device_probs_shape']}); label map PNG: {pb['label_png_bytes_mean']:.0f} bytes; U: {pb['u_float32_bytes']} bytes", ""]
+(out / "tables.md").write_text("\n".join(lines) + "\n")
+print((out / "tables.md").read_text())
+PY
+}
+
 case "${1:-all}" in
-  dcam) dcam ;;
-  serving) serving ;;
-  bytes) bytes ;;
-  all) bytes; dcam; serving ;;
-  *) echo "usage: $0 [dcam|serving|bytes|all]" >&2; exit 2 ;;
+  dcam) dcam; tables ;;
+  serving) serving; tables ;;
+  bytes) bytes; tables ;;
+  tables) tables ;;
+  all) bytes; dcam; serving; tables ;;
+  *) echo "usage: $0 [dcam|serving|bytes|tables|all]" >&2; exit 2 ;;
 esac

@@ -87,6 +87,13 @@ def test_fixed_selection_and_zero_rate() -> None:
     assert run(B.WindowController(1.0), np.arange(50.0)).all()
 
 
+def test_window_warmup_saves_budget_for_later() -> None:
+    """No uploads while the window holds fewer than `warmup` scores; the budget saved is spent afterwards."""
+    scores = np.random.default_rng(4).normal(size=200)
+    d = run(B.WindowController(0.1, warmup=10), scores)
+    assert not d[:10].any() and abs(d.mean() - 0.1) <= 0.01
+
+
 def test_bad_budgets_are_rejected() -> None:
     for bad in (-0.1, 1.5, "x"):
         with pytest.raises(SpecError):

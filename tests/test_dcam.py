@@ -152,3 +152,9 @@ def test_property_untouched_outside_the_mask_and_convex_inside(seed, alpha, mode
     lo, hi = np.minimum(u, scaled) - 1e-9, np.maximum(u, scaled) + 1e-9
     assert ((new_u[mask] >= lo[mask]) & (new_u[mask] <= hi[mask])).all()
     assert np.allclose(new_u, new_u.T)
+
+
+def test_settings_follow_the_fitted_u_metadata():
+    s = DcamSettings.from_meta({"stats": "set", "lambda": 0.7, "gamma": 2.0, "shifts": ["clean"]}, mode="outer")
+    assert (s.stats, s.lam, s.gamma, s.mode) == ("set", 0.7, 2.0, "outer")
+    assert DcamSettings.from_meta({}) == DcamSettings()

@@ -20,6 +20,7 @@ from tandemseg.wire.payload import decode_label_png, unpack_probs
 
 def test_split_dcam_matches_the_plain_service(tmp_path):
     """Evidence on a replica + blend in the state owner == CloudService's own dcam_update."""
+    pytest.importorskip("ray.serve")  # ray is the optional `ray` extra (installed by `make test` via dev)
     from tandemseg.cloud.ray_app import DeviceStatesImpl, SegmenterImpl
 
     ckpt = save_tiny(tmp_path / "cloud", "cloud")

@@ -176,3 +176,15 @@ def test_fit_from_stats_ranks_error_frames() -> None:
         um, diag = U.fit_from_stats(stats, C4, lam=0.5, gamma=1.0, stats=reading)
         assert diag["spearman"] > 0.75, reading
         assert um.meta["stats"] == reading and um.meta["fit"]["frames"] == 60
+
+
+def test_lambda_auto_picks_from_the_grid_on_fit_frames() -> None:
+    rng = np.random.default_rng(6)
+    stats = []
+    for _ in range(40):
+        err = rng.uniform(0.0, 0.5)
+        good, bad = rng.dirichlet(POS_ALPHA), rng.dirichlet(NEG_ALPHA)
+        stats.append(U.FrameStats((1 - err) * good + err * bad, (1 - err) * 100 * good, err * 100 * bad, int((1 - err) * 100), int(err * 100)))
+    um, diag = U.fit_from_stats(stats, C4, lam=None)
+    search = diag["lambda_search"]
+    assert um.meta["lambda"] in U.LAMBDA_GRID and search[str(um.meta["lambda"])] == max(search.values())

@@ -47,8 +47,10 @@ def machine_info() -> dict:
     }
 
 
-def bench_checkpoint(folder: Path, input_hw: tuple[int, int], threads: int, warmup: int, runs: int, memory: bool, onnx: bool) -> dict:
-    """Profile one checkpoint; device models are also exported to ONNX and timed in ONNX Runtime."""
+def bench_checkpoint(
+    folder: Path, input_hw: tuple[int, int], threads: list[int], warmup: int, runs: int, memory: bool, onnx: bool,
+) -> list[dict]:
+    """Profile one checkpoint at each thread count; device models are also exported to ONNX and timed in ONNX Runtime."""
     import torch
 
     from tandemseg.eval.profile import profile_model
@@ -57,7 +59,7 @@ def bench_checkpoint(folder: Path, input_hw: tuple[int, int], threads: int, warm
 
     ck = load_checkpoint(folder)
     scale = float(ck.model.cfg.input_scale)
-    row: dict[str, Any] = {
+    common: dict[str, Any] = {
         "model": folder.name,
         "path": str(folder),
         "kind": ck.kind,
@@ -67,35 +69,36 @@ def bench_checkpoint(folder: Path, input_hw: tuple[int, int], threads: int, warm
         "val_miou": (ck.card.get("metrics", {}).get("val") or {}).get("miou"),
         "data": ck.card.get("data"),
     }
-    row.update(profile_model(ck.model, (1, 3, *input_hw), threads=threads, warmup=warmup, runs=runs, memory=memory))
-    row["onnx_latency_ms_median"] = None
+    rows = [{**common, **profile_model(ck.model, (1, 3, *input_hw), threads=t, warmup=warmup, runs=runs, memory=memory),
+             "onnx_latency_ms_median": None} for t in threads]
     if onnx and ck.kind == "device":
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(ck.model, Path(tmp) / "model.onnx", input_hw=input_hw)
             torch.manual_seed(0)
-            parity = onnx_parity(ck.model, path, torch.rand(PARITY_FRAMES, 3, *input_hw), threads=threads)
-            row["onnx_max_abs_diff"] = parity["max_abs_diff"]
-            row["onnx_latency_ms_median"] = onnx_latency(path, input_hw, threads=threads, warmup=warmup, runs=runs)
-    return row
+            parity = onnx_parity(ck.model, path, torch.rand(PARITY_FRAMES, 3, *input_hw), threads=threads[0])
+            for row in rows:
+                row["onnx_max_abs_diff"] = parity["max_abs_diff"]
+                row["onnx_argmax_agreement"] = parity["argmax_agreement"]
+                row["onnx_latency_ms_median"] = onnx_latency(path, input_hw, threads=row["threads"], warmup=warmup, runs=runs)
+    return rows
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def models_table(rows: list[dict], threads: int, input_hw: tuple[int, int]) -> Table:
+def models_table(rows: list[dict], input_hw: tuple[int, int]) -> Table:
     """Compact enough for 80 columns; p90 latency, kind and parity are in the JSON and Markdown."""
-    title = f"Model cost on CPU: {input_hw[0]}x{input_hw[1]} frame, batch 1, threads={threads}"
-    table = Table(title=title, box=None, pad_edge=False, header_style="bold underline")
-    for name in ("model", "params", "runs at", "GFLOPs", "torch ms", "ORT ms", "mem MB", "val mIoU"):
+    table = Table(title=f"Model cost on CPU: {input_hw[0]}x{input_hw[1]} frame, batch 1", box=None, pad_edge=False, header_style="bold underline")
+    for name in ("model", "thr", "params", "runs at", "GFLOPs", "torch ms", "ORT ms", "mem MB", "mIoU"):
         table.add_column(name, justify="left" if name in ("model", "runs at") else "right", no_wrap=True)
     for r in rows:
         table.add_row(
-            r["model"], f"{r['parameters'] / 1e6:.2f}M", "x".join(map(str, r["compute_hw"])), f"{r['gflops']:.2f}",
+            r["model"], str(r["threads"]), f"{r['parameters'] / 1e6:.2f}M", "x".join(map(str, r["compute_hw"])), f"{r['gflops']:.2f}",
             f"{r['latency_ms_median']:.1f}", _fmt(r.get("onnx_latency_ms_median"), ".1f"), _fmt(r.get("peak_memory_mb"), ".0f"),
             _fmt(r.get("val_miou"), ".4f"),
         )
-    table.caption = "runs at: the size the model computes at; ms: median (PyTorch eager / ONNX Runtime, device only)"
+    table.caption = "thr: threads; runs at: the size the model computes at; ms: median (PyTorch eager / ONNX Runtime, device only); mIoU: val, from the card"
     return table
 
 
@@ -123,18 +126,23 @@ def models_markdown(payload: dict) -> str:
         "```",
         "",
         f"Machine: {m['cpus_visible']} CPUs visible ({m['cpu']}, {m['platform']}), Python {m['python']}, torch {m['torch']}, "
-        f"ONNX Runtime {m['onnxruntime']}; 1-minute load average {m['load_avg_1min']:.1f} when the run ended. "
-        f"Batch 1, {payload['threads']} threads, {payload['warmup']} warm-up passes, {payload['runs']} timed passes.",
+        f"ONNX Runtime {m['onnxruntime']}; 1-minute load average {_fmt(payload.get('load_avg_1min_start'), '.1f')} when the run "
+        f"started, {_fmt(m['load_avg_1min'], '.1f')} when it ended. "
+        f"Batch 1, {payload['warmup']} warm-up passes, {payload['runs']} timed passes.",
         "",
-        "| model | kind | params (M) | input -> computed at | GFLOPs | PyTorch ms (median / p90) | ONNX Runtime ms (median) | peak memory (MB) | val mIoU (card) |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| model | kind | threads | params (M) | input -> computed at | GFLOPs | PyTorch ms (median / p90) | ONNX Runtime ms (median) | peak memory (MB) | val mIoU (card) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in payload["models"]:
         lines.append(
-            f"| {r['model']} | {r['kind']} | {r['parameters'] / 1e6:.2f} | {_sizes(r)} | {r['gflops']:.2f} | "
+            f"| {r['model']} | {r['kind']} | {r['threads']} | {r['parameters'] / 1e6:.2f} | {_sizes(r)} | {r['gflops']:.2f} | "
             f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} | {_fmt(r.get('onnx_latency_ms_median'), '.1f')} | "
             f"{_fmt(r.get('peak_memory_mb'), '.0f')} | {_fmt(r.get('val_miou'), '.4f')} |"
         )
+    parity = {r["model"]: f"{r['model']} max |logit diff| {r['onnx_max_abs_diff']:.1e}, argmax agreement {100 * r['onnx_argmax_agreement']:.2f}%"
+              for r in payload["models"] if r.get("onnx_max_abs_diff") is not None}
+    if parity:
+        lines += ["", f"ONNX Runtime vs PyTorch on {PARITY_FRAMES} random frames: " + "; ".join(parity.values()) + "."]
     lines += ["", *MODELS_NOTES]
     return "\n".join(lines) + "\n"
 
@@ -150,21 +158,25 @@ MODELS_NOTES = [
     "- **PyTorch ms**: `time.perf_counter` around one forward pass under `torch.inference_mode`, after warm-up, with",
     "  `torch.set_num_threads(threads)`.",
     "- **ONNX Runtime ms**: the device model exported by `tandemseg export-onnx` (the same graph: frame in [0,1] ->",
-    "  full-res logits; the antialiased downsample is exported exactly as precomputed separable weights, parity",
-    "  ~1e-7), CPU provider, `intra_op_num_threads = threads`. Only device models are exported here.",
+    "  full-res logits; the antialiased downsample is exported exactly, as precomputed separable weights), CPU",
+    "  provider, `intra_op_num_threads = threads`. Only device models are exported here.",
     "- **peak memory**: the rise of the resident set size while a fresh child process runs inference, above its RSS",
-    "  just before (high-water mark reset via `/proc/self/clear_refs`, read with `getrusage`): activations, oneDNN",
+    "  just before (high-water mark reset via `/proc/self/clear_refs`, read back as `VmHWM`): activations, oneDNN",
     "  scratch and allocator slack, not the weights or the interpreter.",
     "- **val mIoU** is copied from the checkpoint's card (best epoch on the val split), not measured by this command.",
-    "- Latency depends on what else runs on the machine: the JSON beside this file records the load average. On a",
-    "  shared 2-core machine, compare rows of one run, not runs of different days.",
+    "- Latency depends on what else runs on the machine: the JSON beside this file records the load average. Rows",
+    "  with the same architecture (same parameters and GFLOPs, e.g. a CamVid and a synthetic checkpoint) must time",
+    "  the same, so their spread shows the noise of the run. On a shared machine, compare rows of one run only.",
+    "- **threads**: with 2 threads on a 2-core machine that also runs other jobs, every op waits for its slower",
+    "  thread (OpenMP / ONNX Runtime thread pools synchronise per op), so a busy second core can make 2 threads much",
+    "  slower than 1. Where both counts are listed, the 1-thread rows are the stable comparison between models.",
 ]
 
 
 @app.command()
 def models(
     ckpt: Annotated[list[Path] | None, typer.Option("--ckpt", help="Checkpoint folder; repeat for several (default: every checkpoints/*/card.json).")] = None,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for PyTorch and ONNX Runtime.")] = 2,
+    threads: Annotated[list[int] | None, typer.Option("--threads", help="CPU threads for PyTorch and ONNX Runtime; repeat to compare (default: 2).")] = None,
     height: Annotated[int, typer.Option("--height", min=32, help="Frame height fed to every model (full resolution).")] = 360,
     width: Annotated[int, typer.Option("--width", min=32, help="Frame width fed to every model (full resolution).")] = 480,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed passes before timing.")] = 3,
@@ -178,19 +190,24 @@ def models(
 
     Every model gets the same full-resolution frame; the device downsamples it inside its forward, so its numbers are those of its real job (its FLOPs are counted at the reduced size it computes at; resampling is not counted).
     """
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     folders = list(ckpt) if ckpt else find_checkpoints()
     if not folders:
         raise TandemsegError(
             f"no checkpoints found under {DEFAULT_CKPT_ROOT}/ (folders with card.json); pass --ckpt DIR, "
             "or train one first: tandemseg train --model device --data synthetic --out checkpoints/synthetic-device"
         )
-    rows = []
+    threads = threads or [2]
+    if min(threads) < 1:
+        raise TandemsegError(f"--threads must be >= 1, got {min(threads)}")
+    rows: list[dict] = []
     for folder in folders:
         with console.status(f"profiling {folder}"):
-            rows.append(bench_checkpoint(Path(folder), (height, width), threads, warmup, runs, memory, onnx))
-        console.print(f"[dim]{folder}: {rows[-1]['latency_ms_median']:.1f} ms median[/dim]")
-    out.print(models_table(rows, threads, (height, width)))
-    payload = {"command": command_line(), "threads": threads, "input_hw": [height, width], "warmup": warmup, "runs": runs,
+            rows += bench_checkpoint(Path(folder), (height, width), threads, warmup, runs, memory, onnx)
+        console.print(f"[dim]{folder}: " + ", ".join(f"{r['latency_ms_median']:.1f} ms ({r['threads']} thr)" for r in rows[-len(threads):]) + "[/dim]")
+    rows.sort(key=lambda r: r["threads"])  # stable: one block per thread count, checkpoints in folder order
+    out.print(models_table(rows, (height, width)))
+    payload = {"command": command_line(), "load_avg_1min_start": load_start, "threads": threads, "input_hw": [height, width], "warmup": warmup, "runs": runs,
                "machine": machine_info(), "models": rows}
     write_json(json_path, payload)
     if markdown is not None:

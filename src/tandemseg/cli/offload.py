@@ -54,7 +54,7 @@ def fit_uncertainty(
     shifts: str = typer.Option("clean", help="calibration conditions, comma-separated; frame i (pass p) uses number (i+p) mod k"),
     passes: int = typer.Option(1, help="passes over the split (each pass shifts the condition cycle by one)"),
     out_path: Path = typer.Option(..., "--out", help="where to write U (.safetensors)"),
-    lam: float = typer.Option(0.5, "--lambda", help="lambda of eq. 6: weight of the negatives"),
+    lam: str = typer.Option("0.5", "--lambda", help="lambda of eq. 6 (weight of the negatives), or 'auto': best rank correlation with device error on the fit frames"),
     gamma: float = typer.Option(1.0, help="gamma of eq. 6: regulariser strength (matters only with --kernel)"),
     stats: str = typer.Option("pixels", help="reading of eq. 5: pixels (1/HW, printed) | set (mean over each set)"),
     kernel: bool = typer.Option(False, help="add the Gaussian-kernel term Q(U) of eq. 7-8"),
@@ -71,6 +71,7 @@ def fit_uncertainty(
         raise TandemsegError("--split test is refused: U is fitted on training (calibration) data, never on the test split")
     if passes < 1:
         raise SpecError(f"--passes must be >= 1, got {passes}")
+    parse_lambda(lam)
     conditions = parse_list(shifts, "--shifts")
     datasets = [open_dataset(data, split, c, seed=seed) for c in conditions]
     ck = load_checkpoint(ckpt, expect_kind="device", expect_classes=datasets[0].classes)
@@ -91,17 +92,31 @@ def fit_uncertainty(
                     bar.advance(task)
         if cached is not None:
             save_stats(cached, stats_list)
+    lam_value = parse_lambda(lam)
     kspec = KernelSpec(sigma=sigma) if kernel else None
     meta = {"device_ckpt": str(ckpt), "device_commit": ck.card.get("commit"), "device_created": ck.card.get("created"),
             "data": data, "split": split, "shifts": conditions, "passes": passes, "recipe": recipe_command()}
     try:
-        um, diag = fit_from_stats(stats_list, datasets[0].classes, lam, gamma, stats, kspec, meta)
+        um, diag = fit_from_stats(stats_list, datasets[0].classes, lam_value, gamma, stats, kspec, meta)
     except ValueError as e:
         raise SpecError(str(e)) from None
     um.save(out_path)
     out.print(f"U ({um.num_classes}x{um.num_classes}) fitted on {diag['frames']} frames -> {out_path}; "
               f"score vs device error: Spearman {_fmt(diag['spearman'])}, AUROC(worst 25%) {_fmt(diag['auroc_worst_quarter'])}")
     write_json(json_path, {"out": str(out_path), **um.meta, "fit": diag})
+
+
+def parse_lambda(text: str) -> float | None:
+    """A lambda in [0, 1], or None for 'auto'."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SpecError(f"--lambda takes a number in [0, 1] or 'auto', got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise SpecError(f"--lambda must be in [0, 1], got {value}")
+    return value
 
 
 def set_threads(threads: int) -> None:
@@ -125,7 +140,7 @@ def collab(
     variant: list[str] = typer.Option([], help="extra U for sweeps, NAME=PATH: adds policy acdc:NAME (repeatable)"),
     policy: str = typer.Option("acdc", help=f"upload policy: {', '.join(POLICIES)}"),
     rate: float = typer.Option(0.1, help="target upload rate (fraction of frames)"),
-    controller: str = typer.Option("window", help="budget controller: window | sa"),
+    controller: str = typer.Option("window", help="budget controller: window | sa (causal) | hindsight (per-stream top-k by score: evaluation only)"),
     bytes_per_s: float = typer.Option(None, help="bytes/s budget instead of --rate (token bucket at --fps)"),
     fps: float = typer.Option(10.0, help="frame rate of the stream for --bytes-per-s"),
     codec: str = typer.Option("png", help="frame codec: png | jpeg:Q | webp:Q"),
@@ -147,6 +162,10 @@ def collab(
     check_rate(rate)
     if not 0.0 <= dcam_alpha <= 1.0:
         raise SpecError(f"--dcam-alpha must be in [0, 1], got {dcam_alpha}")
+    if controller not in ("window", "sa", "hindsight"):
+        raise SpecError(f"unknown --controller {controller!r}; valid: window, sa, hindsight")
+    if controller == "hindsight" and not sweep:
+        raise SpecError("--controller hindsight is not causal and exists for sweeps only (it cannot drive the device runtime)")
     rates = parse_rates(sweep) if sweep else None
     names = parse_list(policies, "--policies") if sweep else [policy]
     for name in names:
@@ -220,6 +239,7 @@ def load_or_build_cache(dataset, device_model, cloud_model, codec: str, limit, s
     with progress() as bar:
         task = bar.add_task("device + cloud per frame", total=n, info="")
         cache = C.build_cache(dataset, device_model, cloud_model, codec, limit, send, on_frame=lambda: bar.advance(task))
+    cache.info.update(ident)
     if path is not None:
         cache.save(path)
     return cache

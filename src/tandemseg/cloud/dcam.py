@@ -112,8 +112,8 @@ class DcamSettings:
 
     @classmethod
     def from_meta(cls, meta: dict, **overrides) -> DcamSettings:
-        """Settings that follow a fitted U's metadata (keys stats / lam / gamma when recorded)."""
-        known = {k: meta[k] for k in ("stats", "lam", "gamma") if k in meta}
+        """Settings that follow a fitted U's metadata (UncertaintyMatrix.meta keys stats / lambda / gamma)."""
+        known = {key: meta[name] for name, key in (("stats", "stats"), ("lambda", "lam"), ("lam", "lam"), ("gamma", "gamma")) if name in meta}
         return cls(**{**known, **overrides})
 
 

@@ -216,16 +216,27 @@ def build_ray_app(
     return Ingress.bind(segmenter, states, num_classes, tokens, limits)
 
 
-def start_ray(address: str | None, host: str, port: int, num_cpus: int | None = None) -> None:
-    """Connect to (or start) Ray and its HTTP proxy on host:port; no dashboard, no usage stats."""
+def start_ray(address: str | None, host: str, port: int, num_cpus: int | None = None, attempts: int = 3) -> None:
+    """Connect to (or start) Ray and its HTTP proxy on host:port; no dashboard, no usage stats.
+
+    A local Ray gives its raylet a fixed 30 s to register; on an overloaded host that can pass, so a
+    local start is retried (`attempts` times) before giving up.
+    """
     import os
 
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
-        ray.init(log_to_driver=False, **kwargs)
+    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    for attempt in range(attempts):
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(log_to_driver=False, **kwargs)
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a slow raylet
+            ray.shutdown()
+            if address or attempt + 1 == attempts or "timed out during startup" not in str(e):
+                raise
     serve.start(http_options={"host": host, "port": port})
 
 

@@ -5,6 +5,8 @@ Causal: the decision for frame t uses the scores of frames < t and of frame t it
 * `WindowController` (default): threshold = the empirical (1 - r_eff) quantile of the last `window`
   scores (the current one included), where r_eff = r + deficit / horizon corrects the running count
   towards r * t, so the long-run rate meets the target even while the score distribution drifts.
+  Nothing is uploaded during the first `warmup` frames (their scores only fill the window); the
+  budget saved there is spent through the deficit term.
 * `SAController`: the stochastic-approximation quantile tracker tau <- tau + eta * s_t * (1[score > tau] - r),
   with the step scaled by a running estimate s_t of the scores' spread (scores have arbitrary units).
 * `ByteBudgetController`: a bytes-per-second budget at a frame rate: a token bucket (capacity
@@ -79,13 +81,14 @@ class Controller:
 class WindowController(Controller):
     """Sliding-window quantile threshold with deficit feedback (see module docstring)."""
 
-    def __init__(self, rate: float, window: int = 100, horizon: float = 20.0) -> None:
+    def __init__(self, rate: float, window: int = 50, horizon: float = 20.0, warmup: int = 10) -> None:
         super().__init__()
         self.rate = check_rate(rate)
-        if window < 1 or not horizon > 0:
-            raise SpecError(f"window must be >= 1 and horizon > 0, got {window}, {horizon}")
+        if window < 1 or not horizon > 0 or warmup < 0:
+            raise SpecError(f"window must be >= 1, horizon > 0 and warmup >= 0, got {window}, {horizon}, {warmup}")
         self.window: deque[float] = deque(maxlen=window)
         self.horizon = horizon
+        self.warmup = warmup
 
     @property
     def target_rate(self) -> float:
@@ -103,6 +106,10 @@ class WindowController(Controller):
         self.window.append(score)
         if score == -math.inf or self.rate == 0.0:
             return False
+        if self.rate == 1.0:
+            return True
+        if self.stats.frames < self.warmup:
+            return False  # a rank among a handful of scores means little; the budget saved is spent later
         n = len(hist) + 1
         # Mid-rank of the score among the window and itself: on a stationary stream the share of frames
         # whose mid-rank falls below r * n is r, with ties shared rather than all admitted.
@@ -146,7 +153,7 @@ class ByteBudgetController(Controller):
 
     def __init__(
         self, bytes_per_s: float, fps: float, burst_s: float = 5.0, initial_bytes: float = 100_000.0,
-        window: int = 100, size_decay: float = 0.2,
+        window: int = 50, size_decay: float = 0.2,
     ) -> None:
         super().__init__()
         if not (bytes_per_s > 0 and fps > 0 and burst_s > 0 and initial_bytes > 0):

@@ -398,17 +398,29 @@ def score_diagnostics(scores: np.ndarray, errors: np.ndarray) -> dict:
     return {"spearman": rho, "auroc_worst_quarter": None if auroc is None else float(auroc)}
 
 
+LAMBDA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
 def fit_from_stats(
-    stats_list: list[FrameStats], classes: ClassTable, lam: float = 0.5, gamma: float = 1.0, stats: str = "pixels",
+    stats_list: list[FrameStats], classes: ClassTable, lam: float | None = 0.5, gamma: float = 1.0, stats: str = "pixels",
     kernel: KernelSpec | None = None, meta: dict | None = None,
 ) -> tuple[UncertaintyMatrix, dict]:
     """U from eq. 5 statistics: closed form (eq. 19), refined by eq. 6-8 when the kernel term is on.
 
+    `lam=None` picks lambda from LAMBDA_GRID by the Spearman correlation between u(x) and the device's
+    error rate on the fit (calibration) frames themselves, so no evaluation data is involved.
     The stored U is rescaled to the closed form's Frobenius norm (see `rescale_like`).
     Returns the matrix and diagnostics (loss, gradient norm, ranking quality on the fit frames).
     """
     if stats not in STATS_READINGS:
         raise UncertaintyError(f"unknown --stats reading {stats!r}; valid: {', '.join(STATS_READINGS)}")
+    if lam is None:
+        grid = {g: fit_from_stats(stats_list, classes, g, gamma, stats, kernel)[1]["spearman"] or -1.0 for g in LAMBDA_GRID}
+        best = max(grid, key=grid.get)
+        um, diag = fit_from_stats(stats_list, classes, best, gamma, stats, kernel, meta)
+        diag["lambda_search"] = {str(k): v for k, v in grid.items()}
+        um.meta["lambda_search"] = diag["lambda_search"]
+        return um, diag
     m_pos, m_neg = moments(stats_list, stats)
     closed = closed_form_from_moments(m_pos, m_neg, lam, gamma)
     u, info = fit_u(m_pos, m_neg, lam, gamma, kernel)

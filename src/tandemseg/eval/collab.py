@@ -46,6 +46,7 @@ from tandemseg.wire.messages import UploadRequest
 from tandemseg.wire.payload import decode_label_png, encode_frame, pack_probs, parse_codec, unpack_probs
 
 CACHE_VERSION = 1
+HINDSIGHT = "hindsight"  # budget mode: per-stream top-k by score (non-causal), see replay_run
 RANDOM_SEEDS = 5  # the random policy is averaged over this many seeds in sweeps
 
 
@@ -361,6 +362,8 @@ class PolicyRun:
         policy = make_policy(self.policy, u, **params)
         if self.policy == "oracle":
             controller: Controller = FixedSelection(np.flatnonzero(oracle_frames), cache.frames)
+        elif self.budget.mode == HINDSIGHT:
+            controller = FixedSelection([], cache.frames if cache is not None else None)  # scores only; see replay_run
         else:
             initial = float(np.median(cache.bytes_up)) if cache is not None else None
             controller = make_controller(self.budget, initial_bytes=initial)
@@ -377,13 +380,38 @@ def oracle_frames_for(cache: CollabCache, rate: float) -> np.ndarray:
     return oracle_select(cache, round(rate * cache.frames))
 
 
-def run_cached(cache: CollabCache, run: PolicyRun) -> tuple[dict, Replay]:
-    """One (policy, budget) over the cache; returns (metrics, replay)."""
+def replay_run(cache: CollabCache, run: PolicyRun) -> Replay:
+    """Replay one run; with budget mode 'hindsight' the scores come from a replay and the k = round(r N)
+    best-scored frames of the whole stream are taken (a per-stream threshold, as ACDC's tau_s of eq. 10
+    set to hit the rate: not causal, evaluation only, isolates a score's ranking from the controller)."""
     oracle_mask = oracle_frames_for(cache, run.budget.rate or 0.0) if run.policy == "oracle" else None
     policy, controller, _ = run.make(cache, oracle_mask)
-    rep = replay(cache, policy, controller, run.dcam())
+    if run.budget.mode != HINDSIGHT or run.policy == "oracle":
+        return replay(cache, policy, controller, run.dcam())
+    rep = replay(cache, policy, controller, None)
+    if policy.fixed is not None:
+        return rep
+    k = round((run.budget.rate or 0.0) * cache.frames)
+    rep.mask = top_k_mask(rep.scores, k)
+    rep.controller = {"target_rate": run.budget.rate, "mode": HINDSIGHT}
+    return rep
+
+
+def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k highest finite scores (earlier frame first among ties)."""
+    order = np.argsort(-scores, kind="stable")
+    order = order[np.isfinite(scores[order])][:k]
+    mask = np.zeros(len(scores), dtype=bool)
+    mask[order] = True
+    return mask
+
+
+def run_cached(cache: CollabCache, run: PolicyRun) -> tuple[dict, Replay]:
+    """One (policy, budget) over the cache; returns (metrics, replay)."""
+    rep = replay_run(cache, run)
     metrics = selection_metrics(cache, rep.mask)
-    metrics.update(policy=run.policy, target_rate=controller.target_rate, rate_error=metrics["upload_rate"] - controller.target_rate,
+    target = run.budget.rate if run.budget.bytes_per_s is None else rep.controller["target_rate"]
+    metrics.update(policy=run.policy, target_rate=target, rate_error=metrics["upload_rate"] - target,
                    score_ms=float(np.median(rep.score_ms)), dcam_updates=rep.u_updates)
     return metrics, rep
 
@@ -444,9 +472,7 @@ def sweep(cache: CollabCache, runs: list[PolicyRun], labels: list[str] | None = 
         for sd in seeds:
             r = copy.copy(run)
             r.seed = sd
-            oracle_mask = oracle_frames_for(cache, r.budget.rate or 0.0) if r.policy == "oracle" else None
-            policy, controller, _ = r.make(cache, oracle_mask)
-            reps.append(replay(cache, policy, controller, r.dcam()))
+            reps.append(replay_run(cache, r))
         replays.append((label, run, reps))
     starts_by_k: dict[int, list[np.ndarray]] = {}
     for _, _, reps in replays:

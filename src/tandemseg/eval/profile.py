@@ -10,14 +10,18 @@ What each number means (so the table in docs/results/models.md can be read hones
   random input of `input_shape` under `torch.inference_mode`, after `warmup` untimed passes, with
   `torch.set_num_threads(threads)` (the previous setting is restored afterwards).
 * peak_memory_mb: how far the resident set size (RSS) of a fresh `spawn`ed child process rises
-  above its RSS just before inference while it runs forward passes: torch is imported, the model
-  loaded and the input allocated first; then the kernel's RSS high-water mark is reset to the
-  current RSS (`/proc/self/clear_refs` = 5, Linux >= 4.0), and the peak is read back with
-  `resource.getrusage(RUSAGE_SELF).ru_maxrss`. That is the working memory of inference as the OS
-  sees it: activations, oneDNN scratch buffers and allocator slack, not only tensors. A child is used
-  so nothing that ran before (training, other models) is in the high-water mark. Where the reset is
-  not possible, the baseline is the high-water mark itself and the rise is a lower bound
-  (`hwm_reset: false` in the result). peak_rss_mb is the child's total peak for scale.
+  above its RSS just before inference while it runs forward passes. In the child, torch is
+  imported, the model loaded and the input allocated first; then the address space's RSS
+  high-water mark is reset to the current RSS (`/proc/self/clear_refs` = 5, Linux >= 4.0) and read
+  back after inference as `VmHWM` from `/proc/self/status`. That is the working memory of inference
+  as the OS sees it: activations, oneDNN scratch buffers and allocator slack, not only tensors.
+  A child is used so nothing that ran before (training, other models) is in the high-water mark.
+  `getrusage(RUSAGE_SELF).ru_maxrss` is deliberately not used on Linux: the kernel carries the
+  high-water mark of the process a child was forked from across `exec`, so in a spawned child it
+  reads the parent's RSS whenever the parent is larger (this module measured exactly that bug).
+  Without /proc (macOS), ru_maxrss is the fallback: baseline and peak are then both high-water
+  marks, the rise is a lower bound and the result says `hwm_reset: false`. peak_rss_mb is the
+  child's total peak for scale.
 """
 
 from __future__ import annotations
@@ -79,19 +83,20 @@ def _maxrss_mb() -> float:
     return kb / (1024.0 * 1024.0) if sys.platform == "darwin" else kb / 1024.0  # bytes on macOS, KiB on Linux
 
 
-def _current_rss_mb() -> float | None:
+def _proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status ('VmRSS', 'VmHWM') in MiB; None without /proc."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0  # the kernel reports kB
     except OSError:
         pass
     return None
 
 
 def _reset_high_water_mark() -> bool:
-    """Set the RSS high-water mark (and so ru_maxrss) to the current RSS; False where the OS cannot."""
+    """Set this address space's RSS high-water mark (VmHWM) to the current RSS; False where the OS cannot."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -101,23 +106,22 @@ def _reset_high_water_mark() -> bool:
 
 
 def _memory_child(model: nn.Module, input_shape: tuple[int, ...], threads: int, runs: int, queue) -> None:
-    """In a fresh process: RSS before inference and the RSS high-water mark after `runs` forward passes."""
+    """In a fresh process: RSS just before inference and the RSS high-water mark after `runs` forward passes."""
     torch.set_num_threads(threads)
     model.eval()
     x = torch.rand(input_shape)
-    reset = _reset_high_water_mark()
-    current = _current_rss_mb()
-    before = current if reset and current is not None else _maxrss_mb()
+    exact = _reset_high_water_mark() and _proc_status_mb("VmRSS") is not None
+    before = _proc_status_mb("VmRSS") if exact else _maxrss_mb()
     with torch.inference_mode():
         for _ in range(runs):
             model(x)
-    after = _maxrss_mb()
-    queue.put({"peak_memory_mb": max(0.0, after - before), "peak_rss_mb": after, "hwm_reset": reset and current is not None})
+    after = _proc_status_mb("VmHWM") if exact else _maxrss_mb()
+    queue.put({"peak_memory_mb": max(0.0, after - before), "peak_rss_mb": after, "hwm_reset": exact})
 
 
 def measure_peak_memory(model: nn.Module, input_shape: tuple[int, ...], threads: int = 2, runs: int = 2, timeout: float = 300.0) -> dict:
     """Peak RSS rise during inference, measured in a spawned child (see the module docstring)."""
-    ctx = mp.get_context("spawn")  # fork would inherit this process's high-water mark
+    ctx = mp.get_context("spawn")  # a fresh interpreter: a forked child would share this one's heap and threads
     queue = ctx.Queue()
     proc = ctx.Process(target=_memory_child, args=(model.cpu(), tuple(input_shape), threads, runs, queue), daemon=True)
     proc.start()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The commands behind the mIoU table of docs/results/models.md: every committed checkpoint on its
+# val split, clean and under the evaluation shifts (held out of the cloud's training corruptions).
+#   scripts/models_results.sh camvid | synthetic
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIND=${1:-camvid}
+case "$KIND" in
+  camvid) DATA=camvid:../shared/data/camvid ;;
+  synthetic) DATA=synthetic ;;
+  *) echo "usage: $0 camvid|synthetic" >&2; exit 2 ;;
+esac
+OUT=docs/results/models/$KIND
+mkdir -p "$OUT"
+for shift in clean fog:3 gaussian_noise:3 motion_blur:3 dusk; do
+  for model in device cloud; do
+    .venv/bin/tandemseg eval --ckpt "checkpoints/$KIND-$model" --data "$DATA" --split val --shift "$shift" \
+      --json "$OUT/$model-${shift/:/}.json" > /dev/null
+  done
+done
+.venv/bin/python - "$OUT" <<'PY'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+rows = ["| shift | device mIoU | cloud mIoU | cloud - device (pp) |", "| --- | ---: | ---: | ---: |"]
+for shift in ["clean", "fog:3", "gaussian_noise:3", "motion_blur:3", "dusk"]:
+    d = json.loads((out / f"device-{shift.replace(':', '')}.json").read_text())["miou"]
+    c = json.loads((out / f"cloud-{shift.replace(':', '')}.json").read_text())["miou"]
+    rows.append(f"| {shift} | {100 * d:.1f} | {100 * c:.1f} | {100 * (c - d):+.1f} |")
+(out / "table.md").write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
