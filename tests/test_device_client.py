@@ -178,7 +178,7 @@ def collab_numbers(data, dev, cloud, u_path, policy, rate, alpha) -> dict:
     dm, cm = load_checkpoint(dev).model, load_checkpoint(cloud).model
     um = UncertaintyMatrix.load(u_path, expect_classes=CAMVID)
     cache = C_.build_cache(dataset, dm, cm, "png", None, True)
-    run = C_.PolicyRun(policy, BudgetSpec(rate=rate), um, 0, alpha)
+    run = C_.PolicyRun(policy, BudgetSpec(rate=rate, mode="sa"), um, 0, alpha)  # "sa": no warm-up, so a 12-frame stream uploads
     return C_.run_runtime(dataset, cache, run, dm, cm, "png", None, True)
 
 
@@ -192,7 +192,7 @@ def test_device_over_http_agrees_with_collab(collab_setup, alpha, max_lag):
     cloud_model = load_checkpoint(cloud).model  # the very weights collab used (checkpoints store float16)
     service = CloudService(cloud_model, CAMVID, dcam_alpha=alpha, initial_u=np.full((C, C), 7.0))  # the device PUTs its own U
     with running_server(create_app(service, TokenMap.parse(TOKENS), Limits(), BatchConfig(max_wait_ms=2))) as url:
-        got = run_device_client(url, TOK2, data, "val", "clean", dev, u_path, "acdc", 0.4, "window", None, 10.0, "png", True, None, 0,
+        got = run_device_client(url, TOK2, data, "val", "clean", dev, u_path, "acdc", 0.4, "sa", None, 10.0, "png", True, None, 0,
                                 PATIENT, StreamConfig(deadline_s=120.0, max_lag=max_lag))
     assert got["fallbacks"] == 0 and got["answered"] == 12 and got["device_id"] == "dev2"
     assert got["uploads"] == int(expected["mask"].sum())
@@ -210,7 +210,7 @@ def test_device_cli_writes_the_documented_json(collab_setup, tmp_path, monkeypat
         monkeypatch.setenv("TANDEMSEG_TOKEN", TOK1)
         r = CliRunner().invoke(cli_app, ["device", "--server", url, "--timeout-s", "60", "--deadline-ms", "120000",
                                          "--data", data, "--split", "val", "--device-ckpt", str(dev),
-                                         "--uncertainty", str(u_path), "--policy", "acdc", "--rate", "0.3", "--limit", "10",
+                                         "--uncertainty", str(u_path), "--policy", "acdc", "--rate", "0.3", "--controller", "sa", "--limit", "10",
                                          "--cloud-ckpt", str(cloud), "--json", str(out)])
     assert r.exit_code == 0, r.output
     p = json.loads(out.read_text())

@@ -188,3 +188,27 @@ def test_lambda_auto_picks_from_the_grid_on_fit_frames() -> None:
     um, diag = U.fit_from_stats(stats, C4, lam=None)
     search = diag["lambda_search"]
     assert um.meta["lambda"] in U.LAMBDA_GRID and search[str(um.meta["lambda"])] == max(search.values())
+
+
+def test_entropy_weighted_feature() -> None:
+    """feature='entropy': the eq. 5 sums and q(x) are of E * p; the policy scores q_E with such a U."""
+    g = torch.Generator().manual_seed(2)
+    probs = torch.rand(4, 6, 8, generator=g).mul(3).softmax(0)
+    label = probs.argmax(0).clone()
+    label[:3] = (label[:3] + 1) % 4
+    st = U.frame_stats(probs, label, 255)
+    ent = U.pixel_entropy(probs[None])[0].double()
+    np.testing.assert_allclose(st.q_e, (probs.double() * ent).reshape(4, -1).mean(1).numpy(), atol=1e-12)
+    qp, qn = st.vectors("pixels", "entropy")
+    np.testing.assert_allclose(qp + qn, st.q_e, atol=1e-12)
+    np.testing.assert_allclose(U.entropy_weighted_mean(probs[None])[0].double().numpy(), st.q_e, atol=1e-6)
+    bare = U.FrameStats(st.q, st.s_pos, st.s_neg, st.n_pos, st.n_neg)
+    with pytest.raises(U.UncertaintyError, match="entropy-weighted"):
+        bare.vectors("pixels", "entropy")
+    um, _ = U.fit_from_stats([st, st], C4, 0.5, feature="entropy")
+    assert um.feature == "entropy"
+    from tandemseg.device.policies import FrameObservation, make_policy
+
+    obs = FrameObservation(0, probs)
+    np.testing.assert_allclose(obs.q_entropy, st.q_e, atol=1e-6)
+    assert make_policy("acdc", um).score(obs) == pytest.approx(float(U.score(obs.q_entropy, um.u)))

@@ -17,6 +17,7 @@ from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import BudgetSpec, check_rate
 from tandemseg.device.policies import POLICIES
 from tandemseg.device.uncertainty import (
+    FEATURES,
     KernelSpec,
     UncertaintyMatrix,
     fit_from_stats,
@@ -57,6 +58,7 @@ def fit_uncertainty(
     lam: str = typer.Option("0.5", "--lambda", help="lambda of eq. 6 (weight of the negatives), or 'auto': best rank correlation with device error on the fit frames"),
     gamma: float = typer.Option(1.0, help="gamma of eq. 6: regulariser strength (matters only with --kernel)"),
     stats: str = typer.Option("pixels", help="reading of eq. 5: pixels (1/HW, printed) | set (mean over each set)"),
+    feature: str = typer.Option("probs", help="what q(x) averages: probs (eq. 9 as printed) | entropy (entropy-weighted probs E*p)"),
     kernel: bool = typer.Option(False, help="add the Gaussian-kernel term Q(U) of eq. 7-8"),
     sigma: float = typer.Option(1.0, help="kernel bandwidth sigma (eq. 8)"),
     limit: int = typer.Option(None, help="use the first N frames only"),
@@ -72,11 +74,13 @@ def fit_uncertainty(
     if passes < 1:
         raise SpecError(f"--passes must be >= 1, got {passes}")
     parse_lambda(lam)
+    if feature not in FEATURES:
+        raise SpecError(f"unknown --feature {feature!r}; valid: {', '.join(FEATURES)}")
     conditions = parse_list(shifts, "--shifts")
     datasets = [open_dataset(data, split, c, seed=seed) for c in conditions]
     ck = load_checkpoint(ckpt, expect_kind="device", expect_classes=datasets[0].classes)
     n = len(datasets[0]) if limit is None else min(limit, len(datasets[0]))
-    key = hashlib.sha1(json.dumps([str(Path(ckpt).resolve()), C.checkpoint_identity(ckpt), data, split, conditions, passes, n, seed]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps(["v2", str(Path(ckpt).resolve()), C.checkpoint_identity(ckpt), data, split, conditions, passes, n, seed]).encode()).hexdigest()[:16]
     cached = cache_dir / f"ustats-{key}.npz" if cache_dir else None
     if cached is not None and cached.is_file():
         stats_list = load_stats(cached)
@@ -97,7 +101,7 @@ def fit_uncertainty(
     meta = {"device_ckpt": str(ckpt), "device_commit": ck.card.get("commit"), "device_created": ck.card.get("created"),
             "data": data, "split": split, "shifts": conditions, "passes": passes, "recipe": recipe_command()}
     try:
-        um, diag = fit_from_stats(stats_list, datasets[0].classes, lam_value, gamma, stats, kspec, meta)
+        um, diag = fit_from_stats(stats_list, datasets[0].classes, lam_value, gamma, stats, kspec, meta, feature)
     except ValueError as e:
         raise SpecError(str(e)) from None
     um.save(out_path)
@@ -178,6 +182,8 @@ def collab(
     cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
     um = UncertaintyMatrix.load(uncertainty, expect_classes=dataset.classes) if uncertainty else None
     variants = parse_variants(variant, dataset.classes)
+    if dcam_alpha > 0 and um is not None and um.feature != "probs":
+        raise SpecError(f"--dcam-alpha needs a U fitted on plain probabilities (DCAM's U_new is); {uncertainty} uses feature {um.feature!r}")
     send = send_device_probs or dcam_alpha > 0
     cache = load_or_build_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir,
                                 {"data": data, "split": split, "shift": shift, "seed": seed, "device": C.checkpoint_identity(device_ckpt),

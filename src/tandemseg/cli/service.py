@@ -190,21 +190,25 @@ def loadtest(
     max_seconds: float = typer.Option(600.0, help="stop sending after this long"),
     raw_ckpt: Path = typer.Option(None, help="also time the bare batched forward of this cloud checkpoint here (serving efficiency)"),
     raw_batch: int = typer.Option(8, min=1, help="batch size of the raw forward (use the server's --max-batch)"),
-    raw_batches: int = typer.Option(4, min=1, help="timed raw batches"),
+    raw_batches: int = typer.Option(4, min=1, help="timed raw batches per measurement"),
+    rounds: int = typer.Option(3, min=1, help="with --raw-ckpt: alternate raw and service this many times (median ratio)"),
     threads: int = typer.Option(0, min=0, help="torch threads for the raw forward (use the server's)"),
     json_path: Path = typer.Option(None, "--json", help="write the results here"),
 ) -> None:
     """K concurrent simulated devices against a running server: throughput, latency percentiles, errors."""
     import httpx
 
-    from tandemseg.eval.loadtest import LoadSpec, raw_batched_throughput, run_loadtest
+    from tandemseg.eval.loadtest import LoadSpec, run_loadtest, serving_efficiency
 
     creds = load_tokens(tokens).credentials()
     try:
         health = httpx.get(server.rstrip("/") + "/v1/health", timeout=10).json()
     except (httpx.HTTPError, ValueError) as e:
         raise TandemsegError(f"cannot reach {server}/v1/health ({e}); is `tandemseg serve` running?") from None
-    raw_model = None
+    spec = LoadSpec(devices, frames, height, width, codec, int(health["classes"]), probs, rate=rate, timeout_s=timeout_s, max_seconds=max_seconds)
+    mode = f"open loop at {rate:.2f} frames/s" if rate else "closed loop"
+    console.print(f"{devices} devices x {frames} frames ({height}x{width} {codec}) against {server} ({mode})"
+                  + (f", {rounds} rounds against the raw forward of {raw_ckpt}" if raw_ckpt else ""))
     if raw_ckpt is not None:
         import torch
 
@@ -212,28 +216,18 @@ def loadtest(
 
         if threads:
             torch.set_num_threads(threads)
-        raw_model = load_checkpoint(raw_ckpt, expect_kind="cloud").model
-    spec = LoadSpec(devices, frames, height, width, codec, int(health["classes"]), probs, rate=rate, timeout_s=timeout_s, max_seconds=max_seconds)
-    mode = f"open loop at {rate:.2f} frames/s" if rate else "closed loop"
-    # the raw forward is timed right before and right after the load (the server idles meanwhile), so a
-    # shared machine's drifting load shows up as a spread instead of silently biasing the ratio
-    before = raw_batched_throughput(raw_model, raw_batch, height, width, raw_batches) if raw_model is not None else None
-    console.print(f"{devices} devices x {frames} frames ({height}x{width} {codec}) against {server} ({mode})")
-    result = run_loadtest(server, creds, spec)
-    if raw_model is not None:
-        after = raw_batched_throughput(raw_model, raw_batch, height, width, raw_batches, warmup=0)
-        raw_fps = (before["throughput_fps"] + after["throughput_fps"]) / 2
-        result["raw_batched"] = {**before, "throughput_fps": raw_fps, "before_fps": before["throughput_fps"], "after_fps": after["throughput_fps"]}
-        result["efficiency_vs_raw"] = (result["throughput_fps"] or 0.0) / raw_fps
+        model = load_checkpoint(raw_ckpt, expect_kind="cloud").model
+        result = serving_efficiency(server, creds, spec, model, raw_batch, raw_batches, rounds)
+    else:
+        result = run_loadtest(server, creds, spec)
     table = Table(title=f"load test: {devices} devices")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("ok", "error_rate", "throughput_fps", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "bytes_up_per_frame", "efficiency_vs_raw"):
         v = result.get(key)
         table.add_row(key, "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.3f}"))
-    if "raw_batched" in result:
-        raw = result["raw_batched"]
-        table.add_row("raw batched fps (before / after)", f"{raw['before_fps']:.3f} / {raw['after_fps']:.3f}")
+    if "raw_fps" in result:
+        table.add_row("raw batched fps (median of rounds)", f"{result['raw_fps']:.3f}")
     out.print(table)
     if result["errors"]:
         console.print(f"errors: {result['errors']}")

@@ -44,9 +44,22 @@ class FrameObservation:
         return mean_probs(self.probs[None])[0].double().numpy()
 
     @cached_property
+    def entropy(self) -> torch.Tensor:
+        """Eq. 11 on the coarse map (h, w)."""
+        return pixel_entropy(self.probs[None])[0]
+
+    @cached_property
     def mean_entropy(self) -> float:
         """Eq. 11 averaged over pixels of the coarse map (the upsampled map has the same mean up to borders)."""
-        return float(pixel_entropy(self.probs[None]).mean())
+        return float(self.entropy.mean())
+
+    @cached_property
+    def q_entropy(self) -> np.ndarray:
+        """q_E(x): pixel average of E * p (C,), the score vector of a U fitted with feature 'entropy'."""
+        return (self.probs * self.entropy[None]).flatten(1).mean(1).double().numpy()
+
+    def score_vector(self, feature: str) -> np.ndarray:
+        return self.q if feature == "probs" else self.q_entropy
 
 
 class Policy:
@@ -69,7 +82,7 @@ class AcdcPolicy(Policy):
         self.uncertainty = uncertainty
 
     def score(self, obs: FrameObservation) -> float:
-        return float(self.uncertainty.score(obs.q))
+        return float(self.uncertainty.score(obs.score_vector(self.uncertainty.feature)))
 
 
 class AcdcEntropyPolicy(Policy):
@@ -86,7 +99,7 @@ class AcdcEntropyPolicy(Policy):
         self._u, self._e = RunningMoments(), RunningMoments()
 
     def score(self, obs: FrameObservation) -> float:
-        u = float(self.uncertainty.score(obs.q))
+        u = float(self.uncertainty.score(obs.score_vector(self.uncertainty.feature)))
         e = obs.mean_entropy
         self._u.add(u)
         self._e.add(e)

@@ -35,6 +35,9 @@ from tandemseg.errors import TandemsegError
 from tandemseg.models.blocks import resize
 
 STATS_READINGS = ("pixels", "set")
+# What q(x) and the eq. 5 vectors are made of: the class probabilities p (the paper), or the
+# entropy-weighted probabilities E * p (class mass weighted by each pixel's eq. 11 uncertainty).
+FEATURES = ("probs", "entropy")
 FILE_FORMAT = "tandemseg-uncertainty"
 FILE_VERSION = 1
 MIN_SET_FRACTION = 0.01  # stats="set": a frame's negative (positive) vector needs >= 1% of its pixels in the set
@@ -62,6 +65,11 @@ def pixel_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(1)
 
 
+def entropy_weighted_mean(probs: torch.Tensor) -> torch.Tensor:
+    """q_E(x): pixel average of E * p, (N, C, h, w) -> (N, C): how much uncertain mass each class carries."""
+    return (probs * pixel_entropy(probs)[:, None]).flatten(2).mean(2)
+
+
 def entropy_threshold(entropy: torch.Tensor, tau: float | None = None, top_percent: float | None = None) -> float:
     """The tau of eq. 12: given directly, or so that the `top_percent` % most uncertain pixels exceed it."""
     if (tau is None) == (top_percent is None):
@@ -85,13 +93,17 @@ def entropy_mask(entropy: torch.Tensor, tau: float | None = None, top_percent: f
 
 @dataclass
 class FrameStats:
-    """One frame's eq. 5 sums: s_pos/s_neg (C,) = summed probabilities over correct/wrong valid pixels."""
+    """One frame's eq. 5 sums: s_pos/s_neg (C,) = summed probabilities over correct/wrong valid pixels;
+    the `_e` fields are the same sums of entropy-weighted probabilities E * p (feature "entropy")."""
 
     q: np.ndarray  # (C,) q(x): mean probabilities over all pixels (what the score sees)
     s_pos: np.ndarray  # (C,)
     s_neg: np.ndarray  # (C,)
     n_pos: int
     n_neg: int
+    q_e: np.ndarray | None = None  # (C,) mean of E * p over the coarse map
+    s_pos_e: np.ndarray | None = None  # (C,)
+    s_neg_e: np.ndarray | None = None  # (C,)
 
     @property
     def n_valid(self) -> int:
@@ -101,17 +113,31 @@ class FrameStats:
     def error_rate(self) -> float:
         return self.n_neg / max(self.n_valid, 1)
 
-    def vectors(self, stats: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def vectors(self, stats: str, feature: str = "probs") -> tuple[np.ndarray | None, np.ndarray | None]:
         """(q+, q-) under the chosen reading of eq. 5; None where the set is (nearly) empty."""
+        s_pos, s_neg = self.sums(feature)
         if stats == "pixels":
             n = max(self.n_valid, 1)
-            return (self.s_pos / n if self.n_pos else None), (self.s_neg / n if self.n_neg else None)
+            return (s_pos / n if self.n_pos else None), (s_neg / n if self.n_neg else None)
         if stats == "set":
             least = max(1, math.ceil(MIN_SET_FRACTION * self.n_valid))
-            qp = self.s_pos / self.n_pos if self.n_pos >= least else None
-            qn = self.s_neg / self.n_neg if self.n_neg >= least else None
+            qp = s_pos / self.n_pos if self.n_pos >= least else None
+            qn = s_neg / self.n_neg if self.n_neg >= least else None
             return qp, qn
         raise ValueError(f"unknown stats reading {stats!r}; valid: {', '.join(STATS_READINGS)}")
+
+    def sums(self, feature: str) -> tuple[np.ndarray, np.ndarray]:
+        if feature == "probs":
+            return self.s_pos, self.s_neg
+        if feature == "entropy":
+            if self.s_pos_e is None or self.s_neg_e is None:
+                raise UncertaintyError("these statistics carry no entropy-weighted sums; recompute them (fit-uncertainty without a stale --cache-dir)")
+            return self.s_pos_e, self.s_neg_e
+        raise ValueError(f"unknown feature {feature!r}; valid: {', '.join(FEATURES)}")
+
+    def score_vector(self, feature: str) -> np.ndarray:
+        """The q(x) the runtime scores with this feature."""
+        return self.q if feature == "probs" else self.q_e
 
 
 def frame_stats(probs: torch.Tensor, label: torch.Tensor, ignore_index: int) -> FrameStats:
@@ -122,12 +148,16 @@ def frame_stats(probs: torch.Tensor, label: torch.Tensor, ignore_index: int) -> 
     valid = (lab != ignore_index) & (lab >= 0) & (lab < c)
     correct = (flat.argmax(0) == lab) & valid
     wrong = valid & ~correct
+    weighted = flat * pixel_entropy(flat[None])[0]  # (C, HW): E * p
     return FrameStats(
         q=flat.mean(1).numpy(),
         s_pos=(flat * correct).sum(1).numpy(),
         s_neg=(flat * wrong).sum(1).numpy(),
         n_pos=int(correct.sum()),
         n_neg=int(wrong.sum()),
+        q_e=weighted.mean(1).numpy(),
+        s_pos_e=(weighted * correct).sum(1).numpy(),
+        s_neg_e=(weighted * wrong).sum(1).numpy(),
     )
 
 
@@ -139,11 +169,11 @@ def second_moment(qs: np.ndarray) -> np.ndarray:
     return qs.T @ qs / len(qs)
 
 
-def moments(stats_list: list[FrameStats], stats: str) -> tuple[np.ndarray, np.ndarray]:
+def moments(stats_list: list[FrameStats], stats: str, feature: str = "probs") -> tuple[np.ndarray, np.ndarray]:
     """(M+, M-) = (E+[q q^T], E-[q q^T]) over frames, under the chosen eq. 5 reading."""
     pos, neg = [], []
     for s in stats_list:
-        qp, qn = s.vectors(stats)
+        qp, qn = s.vectors(stats, feature)
         if qp is not None:
             pos.append(qp)
         if qn is not None:
@@ -282,6 +312,11 @@ class UncertaintyMatrix:
     def num_classes(self) -> int:
         return self.classes.num_classes
 
+    @property
+    def feature(self) -> str:
+        """What q(x) is made of for this U: 'probs' (eq. 9 as printed) or 'entropy' (E * p)."""
+        return self.meta.get("feature", "probs")
+
     def score(self, q: np.ndarray | torch.Tensor) -> np.ndarray:
         """Eq. 9 for a batch of q (N, C) or one q (C,)."""
         return score(q, self.u)
@@ -379,7 +414,9 @@ def model_frame_stats(model: torch.nn.Module, image: np.ndarray, label: np.ndarr
     logits = model.forward_coarse(to_tensor([image]))  # (1, C, h, w)
     full = upsampled_probs(logits, label.shape)[0]  # (C, H, W)
     st = frame_stats(full, torch.from_numpy(np.asarray(label)), ignore_index)
-    st.q = mean_probs(logits.float().softmax(1))[0].double().numpy()
+    coarse = logits.float().softmax(1)  # (1, C, h, w)
+    st.q = mean_probs(coarse)[0].double().numpy()
+    st.q_e = entropy_weighted_mean(coarse)[0].double().numpy()
     return st
 
 
@@ -403,7 +440,7 @@ LAMBDA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def fit_from_stats(
     stats_list: list[FrameStats], classes: ClassTable, lam: float | None = 0.5, gamma: float = 1.0, stats: str = "pixels",
-    kernel: KernelSpec | None = None, meta: dict | None = None,
+    kernel: KernelSpec | None = None, meta: dict | None = None, feature: str = "probs",
 ) -> tuple[UncertaintyMatrix, dict]:
     """U from eq. 5 statistics: closed form (eq. 19), refined by eq. 6-8 when the kernel term is on.
 
@@ -414,25 +451,27 @@ def fit_from_stats(
     """
     if stats not in STATS_READINGS:
         raise UncertaintyError(f"unknown --stats reading {stats!r}; valid: {', '.join(STATS_READINGS)}")
+    if feature not in FEATURES:
+        raise UncertaintyError(f"unknown --feature {feature!r}; valid: {', '.join(FEATURES)}")
     if lam is None:
-        grid = {g: fit_from_stats(stats_list, classes, g, gamma, stats, kernel)[1]["spearman"] or -1.0 for g in LAMBDA_GRID}
+        grid = {g: fit_from_stats(stats_list, classes, g, gamma, stats, kernel, None, feature)[1]["spearman"] or -1.0 for g in LAMBDA_GRID}
         best = max(grid, key=grid.get)
-        um, diag = fit_from_stats(stats_list, classes, best, gamma, stats, kernel, meta)
+        um, diag = fit_from_stats(stats_list, classes, best, gamma, stats, kernel, meta, feature)
         diag["lambda_search"] = {str(k): v for k, v in grid.items()}
         um.meta["lambda_search"] = diag["lambda_search"]
         return um, diag
-    m_pos, m_neg = moments(stats_list, stats)
+    m_pos, m_neg = moments(stats_list, stats, feature)
     closed = closed_form_from_moments(m_pos, m_neg, lam, gamma)
     u, info = fit_u(m_pos, m_neg, lam, gamma, kernel)
     u = rescale_like(u, closed)
-    q = np.stack([s.q for s in stats_list])
+    q = np.stack([s.score_vector(feature) for s in stats_list])
     errs = np.array([s.error_rate for s in stats_list])
     diag = {
         **info, "frames": len(stats_list), "mean_error_rate": float(errs.mean()),
         "cosine_to_closed_form": float((u * closed).sum() / max(np.linalg.norm(u) * np.linalg.norm(closed), 1e-300)),
         **score_diagnostics(score(q, u), errs),
     }
-    settings = {"lambda": lam, "gamma": gamma, "stats": stats, "kernel": None if kernel is None else kernel.to_json()}
+    settings = {"lambda": lam, "gamma": gamma, "stats": stats, "feature": feature, "kernel": None if kernel is None else kernel.to_json()}
     return UncertaintyMatrix(u, classes, {**settings, **(meta or {}), "fit": diag}), diag
 
 
@@ -441,9 +480,12 @@ def save_stats(path: str | Path, stats_list: list[FrameStats]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, q=np.stack([s.q for s in stats_list]), s_pos=np.stack([s.s_pos for s in stats_list]),
-             s_neg=np.stack([s.s_neg for s in stats_list]), n=np.array([[s.n_pos, s.n_neg] for s in stats_list]))
+             s_neg=np.stack([s.s_neg for s in stats_list]), n=np.array([[s.n_pos, s.n_neg] for s in stats_list]),
+             q_e=np.stack([s.q_e for s in stats_list]), s_pos_e=np.stack([s.s_pos_e for s in stats_list]),
+             s_neg_e=np.stack([s.s_neg_e for s in stats_list]))
 
 
 def load_stats(path: str | Path) -> list[FrameStats]:
     z = np.load(path)
-    return [FrameStats(q, sp, sn, int(n[0]), int(n[1])) for q, sp, sn, n in zip(z["q"], z["s_pos"], z["s_neg"], z["n"], strict=True)]
+    rows = zip(z["q"], z["s_pos"], z["s_neg"], z["n"], z["q_e"], z["s_pos_e"], z["s_neg_e"], strict=True)
+    return [FrameStats(q, sp, sn, int(n[0]), int(n[1]), qe, spe, sne) for q, sp, sn, n, qe, spe, sne in rows]

@@ -136,7 +136,49 @@ def run_loadtest(server: str, credentials: list[tuple[str, str]], spec: LoadSpec
         **{f"latency_ms_p{p}": (float(np.percentile(lat, p)) if lat is not None else None) for p in (50, 95, 99)},
         "latency_ms_mean": float(lat.mean()) if lat is not None else None,
         "bytes_up_per_frame": rec.bytes_up / max(sent, 1), "bytes_down_per_frame": rec.bytes_down / max(rec.ok, 1),
+        "latencies_ms": [round(v, 3) for v in rec.latency_ms],
     }
+
+
+def percentiles(latencies_ms: list[float]) -> dict:
+    lat = np.asarray(latencies_ms) if latencies_ms else None
+    return {f"latency_ms_p{p}": (float(np.percentile(lat, p)) if lat is not None else None) for p in (50, 95, 99)}
+
+
+def serving_efficiency(server: str, credentials: list[tuple[str, str]], spec: LoadSpec, model: torch.nn.Module, batch: int,
+                       batches: int, rounds: int) -> dict:
+    """Service throughput vs the bare batched forward, alternating them `rounds` times on the same machine.
+
+    raw, service, raw, service, ..., raw: each service round is compared with the mean of the raw
+    measurements right before and after it (the server idles during raw ones), so a shared machine's
+    drifting load moves both sides of each ratio together. Reports per-round ratios and their median.
+    """
+    raws = [raw_batched_throughput(model, batch, spec.height, spec.width, batches)]
+    rows = []
+    for _ in range(rounds):
+        res = run_loadtest(server, credentials, spec)
+        raws.append(raw_batched_throughput(model, batch, spec.height, spec.width, batches, warmup=0))
+        raw_fps = (raws[-2]["throughput_fps"] + raws[-1]["throughput_fps"]) / 2
+        rows.append({**res, "raw_fps": raw_fps, "efficiency_vs_raw": (res["throughput_fps"] or 0.0) / raw_fps})
+    pooled = [v for r in rows for v in r["latencies_ms"]]
+    return {
+        **{k: v for k, v in rows[0].items() if k not in ("latencies_ms", "throughput_fps", "efficiency_vs_raw", "raw_fps", "wall_s")},
+        "rounds": [{k: v for k, v in r.items() if k != "latencies_ms"} for r in rows],
+        "raw_batched": {"batch": batch, "batches": batches, "threads": torch.get_num_threads(), "fps": [r["throughput_fps"] for r in raws]},
+        "throughput_fps": float(np.median([r["throughput_fps"] for r in rows])),
+        "raw_fps": float(np.median([r["raw_fps"] for r in rows])),
+        "efficiency_vs_raw": float(np.median([r["efficiency_vs_raw"] for r in rows])),
+        "ok": sum(r["ok"] for r in rows), "errors": _merge([r["errors"] for r in rows]),
+        "error_rate": 1.0 - sum(r["ok"] for r in rows) / max(rounds * spec.devices * spec.frames, 1),
+        **percentiles(pooled), "latencies_ms": pooled,
+    }
+
+
+def _merge(counters: list[dict]) -> dict:
+    out: Counter[str] = Counter()
+    for c in counters:
+        out.update(c)
+    return dict(out)
 
 
 @torch.no_grad()
