@@ -89,7 +89,7 @@ serving() {
     --raw-batches 3 --rounds "${ROUNDS:-3}" --threads "$THREADS" --json "$OUT/loadtest-peak.json"
   half=$(.venv/bin/python -c "import json; print(json.load(open('$OUT/loadtest-peak.json'))['throughput_fps'] / 2)")
   # half of peak, open loop: frames are sent on schedule whatever the replies do
-  $TS loadtest --server "http://127.0.0.1:$PORT" --devices "$K" --frames "${HALF_FRAMES:-8}" --rate "$half" --json "$OUT/loadtest-half.json"
+  $TS loadtest --server "http://127.0.0.1:$PORT" --devices "$K" --frames "${HALF_FRAMES:-8}" --rate "$half" --max-seconds 240 --json "$OUT/loadtest-half.json"
   curl -s "http://127.0.0.1:$PORT/metrics" > "$OUT/metrics-after-loadtest.txt"
   stop_server
 }
@@ -169,6 +169,9 @@ if peak:
     if raw:
         per_round = ", ".join(f"{r['throughput_fps']:.3f} fps / {r['raw_fps']:.3f} = {r['efficiency_vs_raw']:.3f}" for r in peak["rounds"])
         lines.append(f"service / raw = {peak['efficiency_vs_raw']:.3f} (median over rounds: {per_round})")
+        if peak.get("cpu_efficiency_vs_raw") is not None:
+            per_cpu = ", ".join(f"{r['raw_cpu_s_per_frame']:.3f} / {r['server_cpu_s_per_frame']:.3f} CPU s" for r in peak["rounds"])
+            lines.append(f"\nCPU seconds per frame, raw / service = {peak['cpu_efficiency_vs_raw']:.3f} (median over rounds: {per_cpu})")
     if half:
         lines.append(f"p99 / p50 at half of peak = {half['latency_ms_p99'] / half['latency_ms_p50']:.2f}")
     lines.append("")

@@ -223,7 +223,8 @@ def loadtest(
     table = Table(title=f"load test: {devices} devices")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("ok", "error_rate", "throughput_fps", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "bytes_up_per_frame", "efficiency_vs_raw"):
+    for key in ("ok", "error_rate", "throughput_fps", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "bytes_up_per_frame",
+                "efficiency_vs_raw", "cpu_efficiency_vs_raw"):
         v = result.get(key)
         table.add_row(key, "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.3f}"))
     if "raw_fps" in result:

@@ -27,6 +27,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from starlette.concurrency import run_in_threadpool
@@ -84,6 +85,7 @@ class Metrics:
         self.dcam_updates = Counter("tandemseg_dcam_updates_total", "replies that carried a new U (DCAM)", registry=r)
         self.bytes_in = Counter("tandemseg_bytes_in_total", "request body bytes of /v1/segment", registry=r)
         self.bytes_out = Counter("tandemseg_bytes_out_total", "reply body bytes of /v1/segment", registry=r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total etc.: the load test's CPU-time efficiency reads it
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

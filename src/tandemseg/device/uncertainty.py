@@ -148,16 +148,14 @@ def frame_stats(probs: torch.Tensor, label: torch.Tensor, ignore_index: int) -> 
     valid = (lab != ignore_index) & (lab >= 0) & (lab < c)
     correct = (flat.argmax(0) == lab) & valid
     wrong = valid & ~correct
-    weighted = flat * pixel_entropy(flat[None])[0]  # (C, HW): E * p
+    ent = pixel_entropy(flat[None])[0]  # (HW,)
+    # Masked sums as matrix-vector products: no (C, HW) temporaries per mask (they fragment the heap).
+    weights = torch.stack([torch.ones_like(ent), correct.double(), wrong.double(), ent, ent * correct, ent * wrong], 1)  # (HW, 6)
+    sums = (flat @ weights).T.numpy().copy()  # (6, C)
+    n = flat.shape[1]
     return FrameStats(
-        q=flat.mean(1).numpy(),
-        s_pos=(flat * correct).sum(1).numpy(),
-        s_neg=(flat * wrong).sum(1).numpy(),
-        n_pos=int(correct.sum()),
-        n_neg=int(wrong.sum()),
-        q_e=weighted.mean(1).numpy(),
-        s_pos_e=(weighted * correct).sum(1).numpy(),
-        s_neg_e=(weighted * wrong).sum(1).numpy(),
+        q=sums[0] / n, s_pos=sums[1], s_neg=sums[2], n_pos=int(correct.sum()), n_neg=int(wrong.sum()),
+        q_e=sums[3] / n, s_pos_e=sums[4], s_neg_e=sums[5],
     )
 
 
