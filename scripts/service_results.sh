@@ -83,10 +83,10 @@ serving() {
   K=${K:-8}  # twice the batch: one batch forms while the other computes, so the server never idles at peak
   B=${B:-4}
   FRAMES=${FRAMES:-6}
-  start_server --uncertainty "$U" --dcam-alpha "$ALPHA" --max-batch "$B" --max-wait-ms 20
+  start_server --uncertainty "$U" --dcam-alpha "$ALPHA" --max-batch "$B" --max-wait-ms 20 --pipeline "${PIPELINE:-1}" --warmup 360x480
   # peak: K devices in closed loop; the raw batched forward of the same checkpoint is timed in the same run
   $TS loadtest --server "http://127.0.0.1:$PORT" --devices "$K" --frames "$FRAMES" --raw-ckpt "$CLOUD" --raw-batch "$B" \
-    --raw-batches 3 --rounds "${ROUNDS:-3}" --threads "$THREADS" --json "$OUT/loadtest-peak.json"
+    --raw-batches 3 --rounds "${ROUNDS:-3}" --threads "${RAW_THREADS:-$THREADS}" --json "$OUT/loadtest-peak.json"
   half=$(.venv/bin/python -c "import json; print(json.load(open('$OUT/loadtest-peak.json'))['throughput_fps'] / 2)")
   # half of peak, open loop: frames are sent on schedule whatever the replies do
   $TS loadtest --server "http://127.0.0.1:$PORT" --devices "$K" --frames "${HALF_FRAMES:-8}" --rate "$half" --max-seconds 240 --json "$OUT/loadtest-half.json"

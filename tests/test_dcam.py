@@ -158,3 +158,35 @@ def test_settings_follow_the_fitted_u_metadata():
     s = DcamSettings.from_meta({"stats": "set", "lambda": 0.7, "gamma": 2.0, "shifts": ["clean"]}, mode="outer")
     assert (s.stats, s.lam, s.gamma, s.mode) == ("set", 0.7, 2.0, "outer")
     assert DcamSettings.from_meta({}) == DcamSettings()
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), reading=st.sampled_from(["pixels", "set"]))
+def test_fast_statistics_equal_the_device_fit_statistics(seed, reading):
+    """DCAM's eq. 5 sums must be the very statistics the device fits U with (device/uncertainty.frame_stats)."""
+    import torch
+
+    from tandemseg.cloud.dcam import frame_statistics
+    from tandemseg.device.uncertainty import frame_stats
+
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(C), size=(9, 7)).transpose(2, 0, 1).astype(np.float32)
+    label = rng.integers(0, C, (9, 7))
+    label[rng.random((9, 7)) < 0.2] = 255
+    valid = label != 255
+    fast = frame_statistics(probs, probs.argmax(0), label, valid)
+    ref = frame_stats(torch.from_numpy(probs), torch.from_numpy(label), 255)
+    assert (fast.n_pos, fast.n_neg) == (ref.n_pos, ref.n_neg)
+    for a, b in zip(fast.vectors(reading), ref.vectors(reading), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert np.allclose(a, b, rtol=1e-5, atol=1e-9)
+    assert np.allclose(fast.q, ref.q, rtol=1e-6)
+
+
+def test_channel_argmax_matches_numpy_including_ties():
+    from tandemseg.cloud.dcam import channel_argmax
+
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 3, (C, 5, 6)).astype(np.float32)  # many ties
+    assert np.array_equal(channel_argmax(probs), probs.argmax(0))

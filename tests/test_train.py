@@ -164,6 +164,8 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *ar
 @pytest.mark.parametrize("args, message", [
     (["--model", "big"], "error: unknown --model 'big'; valid: device, cloud"),
     (["--model", "device", "--val-split", "test"], "error: --val-split test is refused: checkpoints are selected on val"),
+    (["--model", "cloud", "--corruptions", "fog,hail"], "error: unknown --corruptions hail; valid: none or a comma list of gaussian_noise"),
+    (["--model", "cloud", "--corruptions", "none", "--corrupt-p", "0.5"], "error: --corrupt-p > 0 needs --corruptions"),
 ])
 def test_train_rejects_bad_arguments_in_one_line(monkeypatch, capsys, tmp_path: Path, args: list[str], message: str) -> None:
     code, _, err = run_main(monkeypatch, capsys, "train", *args, "--out", str(tmp_path / "x"))
@@ -187,3 +189,28 @@ def test_eval_command_writes_metrics_json(tmp_path: Path, tiny_camvid: Path) -> 
     assert metrics["frames"] == 2 and list(metrics["per_class_iou"]) == list(CAMVID.names)
     assert 0.0 <= metrics["pixel_acc"] <= 1.0
     assert "mIoU" in proc.stdout
+
+
+def test_warm_start_records_its_source_and_trains_from_it(monkeypatch, capsys, tmp_path: Path, tiny_camvid: Path) -> None:
+    """--init-from loads a checkpoint's architecture and weights (fresh optimiser), and the new card says where from."""
+    torch.manual_seed(0)
+    source = save_checkpoint(tmp_path / "src", build_model("device", DEVICE_TINY).eval(), "device", CAMVID,
+                             data="toy", recipe="pytest stage 1", metrics={"val": {"miou": 0.25}})
+    out = tmp_path / "warm"
+    code, _, err = run_main(monkeypatch, capsys, "train", "--model", "device", "--data", f"camvid:{tiny_camvid}", "--init-from", str(source),
+                            "--out", str(out), "--epochs", "1", "--batch-size", "2", "--threads", "1", "--corruptions", "fog,dusk", "--corrupt-p", "1")
+    assert code == 0, err
+    card = json.loads((out / "card.json").read_text())
+    assert card["init_from"] == {"path": str(source), "recipe": "pytest stage 1", "commit": card["init_from"]["commit"], "val_miou": 0.25}
+    assert card["config"] == load_checkpoint(source).card["config"]  # the source's (tiny) architecture, not the default
+    assert card["train_config"]["augment"]["corruptions"] == ["fog", "dusk"] and card["train_config"]["augment"]["corrupt_p"] == 1.0
+    before, after = load_checkpoint(source).model.state_dict(), load_checkpoint(out).model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
+def test_warm_start_refuses_a_checkpoint_of_another_kind(monkeypatch, capsys, tmp_path: Path, tiny_camvid: Path) -> None:
+    source = save_checkpoint(tmp_path / "src", build_model("device", DEVICE_TINY).eval(), "device", CAMVID, data="toy", recipe="pytest")
+    code, _, err = run_main(monkeypatch, capsys, "train", "--model", "cloud", "--data", f"camvid:{tiny_camvid}",
+                            "--init-from", str(source), "--out", str(tmp_path / "x"))
+    assert code == 2 and "device" in err and "cloud" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()

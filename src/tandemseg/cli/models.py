@@ -12,11 +12,13 @@ import typer
 from rich.table import Table
 
 from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.data.shifts import SHIFTS
 from tandemseg.data.spec import open_dataset, parse_dataspec
 from tandemseg.errors import TandemsegError
 from tandemseg.eval.evaluate import evaluate
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.models.registry import MODEL_KINDS, build_model
+from tandemseg.train.augment import AugmentConfig
 from tandemseg.train.recipes import default_recipe
 from tandemseg.train.trainer import Trainer
 
@@ -42,6 +44,9 @@ def train(
     seed: int = typer.Option(0, help="seed for weights, batches and augmentation"),
     threads: int = typer.Option(0, help="torch CPU threads (0 = default)"),
     resume: bool = typer.Option(True, help="continue from OUT/last.pt when present"),
+    init_from: Path = typer.Option(None, help="warm start: initial weights from this checkpoint folder (same kind and classes); fresh optimiser and LR schedule"),
+    corruptions: str = typer.Option(None, help="training corruptions: comma-separated shift names, or 'none' (default: the recipe's)"),
+    corrupt_p: float = typer.Option(None, min=0.0, max=1.0, help="probability that a training frame gets one of --corruptions (default: the recipe's)"),
 ) -> None:
     """Train a device or cloud segmenter; the best-on-val weights land in OUT as a checkpoint."""
     if model not in MODEL_KINDS:
@@ -53,13 +58,14 @@ def train(
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "ohem_fraction": ohem,
                  "val_limit": val_limit, "val_every": val_every, "seed": seed, "threads": threads}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(cfg, augment=_augment_overrides(cfg.augment, corruptions, corrupt_p))
     train_set = open_dataset(data, train_split)
     if train_limit:
         train_set = _Subset(train_set, train_limit)
     val_set = open_dataset(data, val_split)
     torch.manual_seed(seed)
-    net = build_model(model, num_classes=train_set.classes.num_classes)
-    trainer = Trainer(net, model, train_set, val_set, out_dir, cfg, data_spec=data, recipe=recipe_command())
+    net, card_extra = _initial_model(model, train_set.classes, init_from)
+    trainer = Trainer(net, model, train_set, val_set, out_dir, cfg, data_spec=data, recipe=recipe_command(), card_extra=card_extra)
     with progress() as bar:
         task = bar.add_task(f"train {model}", total=cfg.epochs, info="")
 
@@ -75,6 +81,31 @@ def train(
 
         state = trainer.fit(resume=resume, on_progress=report)
     out.print(f"best val mIoU {state.best_miou:.4f}; checkpoint in {out_dir}")
+
+
+def _augment_overrides(aug: AugmentConfig, corruptions: str | None, corrupt_p: float | None) -> AugmentConfig:
+    """--corruptions / --corrupt-p over the recipe's augmentation; unknown shift names are rejected here."""
+    if corruptions is not None:
+        names = () if corruptions.strip() == "none" else tuple(n.strip() for n in corruptions.split(",") if n.strip())
+        unknown = [n for n in names if n not in SHIFTS]
+        if unknown:
+            raise TandemsegError(f"unknown --corruptions {', '.join(unknown)}; valid: none or a comma list of {', '.join(SHIFTS)}")
+        aug = replace(aug, corruptions=names)
+    if corrupt_p is not None:
+        aug = replace(aug, corrupt_p=corrupt_p)
+    if aug.corrupt_p > 0 and not aug.corruptions:
+        raise TandemsegError("--corrupt-p > 0 needs --corruptions: name the shifts to train with")
+    return aug
+
+
+def _initial_model(kind: str, classes, init_from: Path | None) -> tuple[torch.nn.Module, dict]:
+    """A fresh model, or a warm start from a checkpoint of the same kind and classes (recorded in the card)."""
+    if init_from is None:
+        return build_model(kind, num_classes=classes.num_classes), {}
+    ck = load_checkpoint(init_from, expect_kind=kind, expect_classes=classes)
+    source = {"path": str(init_from), "recipe": ck.card.get("recipe"), "commit": ck.card.get("commit"),
+              "val_miou": ck.card.get("metrics", {}).get("val", {}).get("miou")}
+    return ck.model, {"init_from": source}
 
 
 class _Subset:

@@ -42,10 +42,12 @@ def serve(
     max_batch: int = typer.Option(8, min=1, help="dynamic batching: most frames per forward"),
     max_wait_ms: float = typer.Option(10.0, min=0.0, help="dynamic batching: wait at most this long after a batch's first frame"),
     max_queue: int = typer.Option(64, min=1, help="frames waiting for a batch before new ones get 503 + Retry-After"),
+    pipeline: int = typer.Option(1, min=1, max=8, help="batches in flight at once (2 overlaps per-frame work with the next forward)"),
     max_inflight_per_device: int = typer.Option(32, min=1, help="requests one device may have in flight (429 beyond)"),
     max_body_mb: float = typer.Option(8.0, min=0.01, help="largest request body (413 beyond)"),
     max_side: int = typer.Option(4096, min=16, help="largest frame side in pixels (413 beyond)"),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)"),
+    warmup: str = typer.Option(None, help="HxW: run every batch size once at this frame size before serving (no first-request stalls)"),
     ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve instead of one uvicorn process"),
     replicas: int = typer.Option(1, min=1, help="--ray: segmenter replicas"),
     autoscale: str = typer.Option(None, help="--ray: MIN:MAX replicas, autoscaled by Ray Serve (overrides --replicas)"),
@@ -63,7 +65,7 @@ def serve(
     token_map = load_tokens(tokens)
     limits = Limits(WireLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_side=max_side, max_pixels=max_side * max_side),
                     max_inflight_per_device=max_inflight_per_device)
-    batching = BatchConfig(max_batch, max_wait_ms, max_queue)
+    batching = BatchConfig(max_batch, max_wait_ms, max_queue, pipeline)
     initial_u = _initial_u(uncertainty, cloud_ckpt)
     if ray:
         _serve_ray(cloud_ckpt, token_map, limits, batching, dcam_alpha, initial_u, host, port, replicas, autoscale, replica_cpus, threads, ray_address)
@@ -79,10 +81,22 @@ def serve(
         torch.set_num_threads(threads)
     ck = load_checkpoint(cloud_ckpt, expect_kind="cloud")
     service = CloudService(ck.model, ck.classes, dcam_alpha=dcam_alpha, initial_u=None if initial_u is None else np.asarray(initial_u))
+    if warmup:
+        from tandemseg.cloud.app import warm_up
+
+        h, w = _parse_hw(warmup)
+        console.print(f"warm-up: batch sizes 1..{max_batch} at {h}x{w} took {warm_up(ck.model, h, w, max_batch):.1f} s")
     app = create_app(service, token_map, limits, batching)
     console.print(f"serving {cloud_ckpt} on http://{host}:{port} for devices {', '.join(token_map.devices)} "
                   f"(batch <= {max_batch}, wait <= {max_wait_ms} ms, DCAM alpha {dcam_alpha}, torch threads {torch.get_num_threads()})")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise SpecError(f"--warmup takes HxW, e.g. 360x480, got {text!r}")
+    return int(h), int(w)
 
 
 def _initial_u(uncertainty: Path | None, cloud_ckpt: Path):

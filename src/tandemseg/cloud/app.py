@@ -390,6 +390,21 @@ def _add_error_schema(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def warm_up(model: Any, height: int, width: int, max_batch: int) -> float:
+    """One forward per batch size 1..max_batch at HxW before serving: the CPU backend builds its kernels per
+    input shape, and a first request of each new batch size would otherwise stall the queue. Returns seconds."""
+    import torch
+
+    from tandemseg.eval.evaluate import to_tensor
+
+    start = time.perf_counter()
+    frame = np.zeros((height, width, 3), np.uint8)
+    with torch.inference_mode():
+        for n in range(1, max_batch + 1):
+            model(to_tensor([frame] * n))
+    return time.perf_counter() - start
+
+
 class ServerThread:
     """uvicorn serving `app` on a background thread (port 0 = a free port); `url` once started.
 

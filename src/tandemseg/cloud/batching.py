@@ -26,10 +26,11 @@ class BatchConfig:
     max_batch: int = 8
     max_wait_ms: float = 10.0
     max_queue: int = 64  # requests waiting (not yet in a batch); beyond this -> Overloaded
+    pipeline: int = 1  # batches in flight at once: 2 lets one batch's per-frame work overlap the next forward
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or not 0 <= self.max_wait_ms <= 10_000:
-            raise ValueError(f"invalid batching config {self}: max_batch, max_queue >= 1 and 0 <= max_wait_ms <= 10000")
+        if self.max_batch < 1 or self.max_queue < 1 or not 0 <= self.max_wait_ms <= 10_000 or not 1 <= self.pipeline <= 8:
+            raise ValueError(f"invalid batching config {self}: max_batch, max_queue >= 1, 0 <= max_wait_ms <= 10000, 1 <= pipeline <= 8")
 
 
 class Overloaded(Exception):
@@ -57,7 +58,8 @@ class MicroBatcher(Generic[T, R]):
     ) -> None:
         self.fn, self.config, self.on_batch = fn, config, on_batch
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
-        self._worker: asyncio.Task | None = None
+        self._workers: list[asyncio.Task] = []
+        self._collecting: asyncio.Lock | None = None  # one worker gathers a batch at a time: no split batches
         self._batch_seconds = 0.05  # running estimate of one batch's duration, for Retry-After
 
     @property
@@ -65,18 +67,20 @@ class MicroBatcher(Generic[T, R]):
         return 0 if self._queue is None else self._queue.qsize()
 
     async def start(self) -> None:
-        if self._worker is None:
+        if not self._workers:
             self._queue = asyncio.Queue(self.config.max_queue)
-            self._worker = asyncio.create_task(self._run(), name="micro-batcher")
+            self._collecting = asyncio.Lock()
+            self._workers = [asyncio.create_task(self._run(), name=f"micro-batcher-{i}") for i in range(self.config.pipeline)]
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
             try:
-                await self._worker
+                await worker
             except asyncio.CancelledError:
                 pass
-            self._worker = None
+        self._workers = []
         while self._queue is not None and not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():
@@ -88,7 +92,7 @@ class MicroBatcher(Generic[T, R]):
         return float(max(1, math.ceil(batches * self._batch_seconds)))
 
     async def submit(self, item: T) -> R:
-        if self._queue is None or self._worker is None:
+        if self._queue is None or not self._workers:
             raise ShuttingDown("the batcher is not running")
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         try:
@@ -118,8 +122,10 @@ class MicroBatcher(Generic[T, R]):
         return [(item, fut) for item, fut in batch if not fut.cancelled()]  # a client that hung up needs no work
 
     async def _run(self) -> None:
+        assert self._collecting is not None
         while True:
-            batch = await self._collect()
+            async with self._collecting:
+                batch = await self._collect()
             if not batch:
                 continue
             start = time.perf_counter()

@@ -88,13 +88,14 @@ class Trainer:
 
     def __init__(
         self, model: nn.Module, kind: str, train_set: SegDataset, val_set: SegDataset, out: str | Path,
-        cfg: TrainConfig, data_spec: str, recipe: str,
+        cfg: TrainConfig, data_spec: str, recipe: str, card_extra: dict | None = None,
     ) -> None:
         cfg.validate()
         self.model, self.kind, self.cfg = model, kind, cfg
         self.train_set, self.val_set = train_set, val_set
         self.out = Path(out)
         self.data_spec, self.recipe = data_spec, recipe
+        self.card_extra = dict(card_extra or {})  # e.g. init_from: where a warm start's weights came from
         self.classes = train_set.classes
         self.ignore = self.classes.ignore_index
         self.jitter = ColorJitter(cfg.augment.color_jitter)
@@ -211,7 +212,7 @@ class Trainer:
             save_checkpoint(
                 self.out, self.model, self.kind, self.classes, data=self.data_spec, recipe=self.recipe,
                 metrics={"val": metrics, "epoch": self.state.epoch + 1},
-                extra={"train_config": asdict(self.cfg)},
+                extra={"train_config": asdict(self.cfg), **self.card_extra},
             )
             rec["best"] = True
         return rec

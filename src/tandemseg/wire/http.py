@@ -203,7 +203,11 @@ def check_zlib_size(data: bytes, expected: int, what: str) -> None:
 
 
 def check_image(req: UploadRequest, limits: WireLimits = WireLimits()) -> None:
-    """Decode the frame once: right format for its codec, right size, not truncated. Raises WireError."""
+    """Check the frame before it joins a batch: right format for its codec, right size, intact. Raises WireError.
+
+    A PNG is verified by its chunk checksums rather than decoded (the service decodes it anyway); should a
+    crafted PNG with valid checksums still fail to decode, the batcher isolates it (cloud/batching.py).
+    """
     want = _PIL_FORMATS[req.codec.split(":")[0]]
     try:
         with Image.open(io.BytesIO(req.payload)) as im:
@@ -213,7 +217,10 @@ def check_image(req: UploadRequest, limits: WireLimits = WireLimits()) -> None:
                 raise WireError(f"the frame is {im.size[1]}x{im.size[0]} but {H_SIZE} says {req.height}x{req.width}")
             if im.mode not in ("RGB", "RGBA", "L", "P"):
                 raise WireError(f"the frame has pixel mode {im.mode}; send 8-bit RGB")
-            im.load()  # full decode: catches truncated or corrupt data
+            if im.format == "PNG":
+                im.verify()  # every chunk's CRC and the end marker: catches truncation and damage at ~1/40 of a decode
+            else:
+                im.load()  # JPEG/WebP carry no checksums: a full decode finds truncated or corrupt data
     except WireError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
