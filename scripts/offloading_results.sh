@@ -57,10 +57,12 @@ $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB
   --lambda auto --stats set --out "$V/set.safetensors" "${COMMON[@]}" --json "$V/set.json"
 $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
   --lambda auto --feature entropy --out "$V/entropy-feature.safetensors" "${COMMON[@]}" --json "$V/entropy-feature.json"
+$RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
+  --lambda auto --feature pixel --out "$V/pixel.safetensors" "${COMMON[@]}" --json "$V/pixel.json"
 $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts clean \
   --lambda auto --out "$V/clean-calib.safetensors" "${COMMON[@]}" --json "$V/clean-calib.json"
 VARIANTS=()
-for name in lam0.3 lam0.5 lam0.7 lam0.9 kernel set entropy-feature clean-calib; do
+for name in lam0.3 lam0.5 lam0.7 lam0.9 kernel set entropy-feature pixel clean-calib; do
   VARIANTS+=(--variant "$name=$V/$name.safetensors")
 done
 

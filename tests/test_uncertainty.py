@@ -212,3 +212,51 @@ def test_entropy_weighted_feature() -> None:
     obs = FrameObservation(0, probs)
     np.testing.assert_allclose(obs.q_entropy, st.q_e, atol=1e-6)
     assert make_policy("acdc", um).score(obs) == pytest.approx(float(U.score(obs.q_entropy, um.u)))
+
+
+def test_pixel_feature_sees_hesitation_that_the_average_hides() -> None:
+    """Two frames with the same q(x): one of confident pixels, one of pixels split between classes 2 and 3.
+    Eq. 9 on q cannot tell them apart; feature 'pixel' (eq. 9 per pixel, averaged) ranks the hesitant one higher
+    once U is fitted on frames where the device's wrong pixels are the hesitant ones."""
+    confident = torch.zeros(4, 4, 4, dtype=torch.float64)
+    confident[2, :2] = 1.0  # half the pixels surely class 2, half surely class 3
+    confident[3, 2:] = 1.0
+    hesitant = torch.zeros(4, 4, 4, dtype=torch.float64)
+    hesitant[2], hesitant[3] = 0.5, 0.5
+    np.testing.assert_allclose(U.mean_probs(confident[None]), U.mean_probs(hesitant[None]))
+    # fit frames: confident pixels are right, hesitant ones wrong
+    label_right = confident.argmax(0)
+    label_wrong = (hesitant.argmax(0) + 1) % 4  # hesitant argmax is class 2; label it 3 -> every pixel wrong
+    fit = [U.frame_stats(confident, label_right, 255), U.frame_stats(hesitant, label_wrong, 255)] * 3
+    um, diag = U.fit_from_stats(fit, C4, lam=0.5, feature="pixel")
+    assert um.feature == "pixel"
+    from tandemseg.device.policies import FrameObservation, make_policy
+
+    policy = make_policy("acdc", um)
+    assert policy.score(FrameObservation(1, hesitant.float())) > policy.score(FrameObservation(0, confident.float()))
+    q = U.mean_probs(confident[None])[0].numpy()
+    assert U.score(q, um.u) == pytest.approx(U.score(U.mean_probs(hesitant[None])[0].numpy(), um.u))  # eq. 9 on q: a tie
+
+
+def test_pixel_moments_are_the_masked_sums_of_p_p_transpose(tmp_path) -> None:
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(4, 5, 7, generator=g).mul(3).softmax(0)
+    label = torch.randint(0, 4, (5, 7), generator=g)
+    label[0] = 255
+    st = U.frame_stats(probs, label, 255)
+    p = probs.reshape(4, -1).double().numpy()  # (C, N)
+    lab = label.reshape(-1).numpy()
+    valid = lab != 255
+    correct = valid & (p.argmax(0) == lab)
+    wrong = valid & ~correct
+    np.testing.assert_allclose(st.pp_pos, p[:, correct] @ p[:, correct].T, atol=1e-12)
+    np.testing.assert_allclose(st.pp_neg, p[:, wrong] @ p[:, wrong].T, atol=1e-12)
+    np.testing.assert_allclose(st.pp, p @ p.T / p.shape[1], atol=1e-12)
+    m_pos, m_neg = U.moments([st, st], "pixels", "pixel")
+    np.testing.assert_allclose(m_pos, st.pp_pos / st.n_pos, atol=1e-12)
+    np.testing.assert_allclose(m_neg, st.pp_neg / st.n_neg, atol=1e-12)
+    U.save_stats(tmp_path / "s.npz", [st])
+    back = U.load_stats(tmp_path / "s.npz")[0]
+    np.testing.assert_allclose(back.pp_neg, st.pp_neg)
+    with pytest.raises(U.UncertaintyError, match="pixel second moments"):
+        U.FrameStats(st.q, st.s_pos, st.s_neg, st.n_pos, st.n_neg).score_vector("pixel")

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from tandemseg.cli import bench as bench_cli
+from tandemseg.cli.common import fixed_mmap_threshold
 from tandemseg.cli import data as data_cli
 from tandemseg.cli import demo as demo_cli
 from tandemseg.cli import models as models_cli
@@ -33,6 +34,7 @@ app.command("loadtest", help="Simulate K concurrent devices against a server: th
 
 
 def main() -> None:
+    fixed_mmap_threshold()
     try:
         app(standalone_mode=False)
     except TandemsegError as e:

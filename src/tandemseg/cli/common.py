@@ -61,3 +61,24 @@ def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
         for item in items:
             yield item
             bar.advance(task)
+
+
+def fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
+    """Serve allocations >= `threshold` bytes from mmap for the life of this process (glibc only).
+
+    glibc raises its mmap threshold each time a large block is freed, after which frame-sized
+    temporaries come from the heap; interleaved with small long-lived objects (per-frame statistics,
+    cached results) the heap then only grows. Measured on `fit-uncertainty` over CamVid: about 7 MB of
+    RSS per frame without this, flat with it. Returns whether the setting took effect.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(-3, threshold))  # -3 = M_MMAP_THRESHOLD; setting it also stops the adjustment
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return False

@@ -58,7 +58,7 @@ def fit_uncertainty(
     lam: str = typer.Option("0.5", "--lambda", help="lambda of eq. 6 (weight of the negatives), or 'auto': best rank correlation with device error on the fit frames"),
     gamma: float = typer.Option(1.0, help="gamma of eq. 6: regulariser strength (matters only with --kernel)"),
     stats: str = typer.Option("pixels", help="reading of eq. 5: pixels (1/HW, printed) | set (mean over each set)"),
-    feature: str = typer.Option("probs", help="what q(x) averages: probs (eq. 9 as printed) | entropy (entropy-weighted probs E*p)"),
+    feature: str = typer.Option("probs", help="what the score reads: probs (eq. 9 as printed: q) | entropy (q of E*p) | pixel (eq. 9 per pixel, averaged)"),
     kernel: bool = typer.Option(False, help="add the Gaussian-kernel term Q(U) of eq. 7-8"),
     sigma: float = typer.Option(1.0, help="kernel bandwidth sigma (eq. 8)"),
     limit: int = typer.Option(None, help="use the first N frames only"),
@@ -80,7 +80,7 @@ def fit_uncertainty(
     datasets = [open_dataset(data, split, c, seed=seed) for c in conditions]
     ck = load_checkpoint(ckpt, expect_kind="device", expect_classes=datasets[0].classes)
     n = len(datasets[0]) if limit is None else min(limit, len(datasets[0]))
-    key = hashlib.sha1(json.dumps(["v2", str(Path(ckpt).resolve()), C.checkpoint_identity(ckpt), data, split, conditions, passes, n, seed]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps(["v3", str(Path(ckpt).resolve()), C.checkpoint_identity(ckpt), data, split, conditions, passes, n, seed]).encode()).hexdigest()[:16]
     cached = cache_dir / f"ustats-{key}.npz" if cache_dir else None
     if cached is not None and cached.is_file():
         stats_list = load_stats(cached)

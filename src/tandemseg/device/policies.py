@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from tandemseg.device.uncertainty import UncertaintyMatrix, mean_probs, pixel_entropy
+from tandemseg.device.uncertainty import UncertaintyMatrix, mean_probs, pixel_entropy, pixel_second_moment
 from tandemseg.errors import SpecError
 
 
@@ -58,7 +58,14 @@ class FrameObservation:
         """q_E(x): pixel average of E * p (C,), the score vector of a U fitted with feature 'entropy'."""
         return (self.probs * self.entropy[None]).flatten(1).mean(1).double().numpy()
 
+    @cached_property
+    def pixel_moment(self) -> np.ndarray:
+        """S(x) = mean_i p_i p_i^T (C, C), the input of a U fitted with feature 'pixel'."""
+        return pixel_second_moment(self.probs)
+
     def score_vector(self, feature: str) -> np.ndarray:
+        if feature == "pixel":
+            return self.pixel_moment
         return self.q if feature == "probs" else self.q_entropy
 
 

@@ -15,6 +15,13 @@ Readings of the garbled equations (argued in docs/methods/offloading.md):
 * eq. 8: K_sigma(z) is the Gaussian-kernel (RBF) Gram matrix of C random points z_i ~ N(0, I_d):
   K_ij = exp(-||z_i - z_j||^2 / (2 sigma^2)); Q(U) is a Monte-Carlo mean over a fixed bank of such z.
 * eq. 9: u(x; U) = tr(q U q^T) with q a row vector is the scalar q U q^T.
+
+Because q(x) is a pixel average, eq. 9 sees only a frame's class *composition*: a frame of confident
+pixels and one of hesitant pixels with the same average get the same score. Feature "pixel" (our
+extension, measured as an ablation in docs/results/offloading.md) applies eq. 9 per pixel and averages,
+u(x) = mean_i p_i U p_i^T = <U, S(x)> with S(x) = mean_i p_i p_i^T, and fits U with the same closed form
+from pixel-level moments M+ = E_{correct pixels}[p p^T], M- = E_{wrong pixels}[p p^T]. With U = J - I
+it is the Gini impurity 1 - sum_c p_c^2, a cousin of entropy; the fitted U learns which confusions matter.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from tandemseg.models.blocks import resize
 STATS_READINGS = ("pixels", "set")
 # What q(x) and the eq. 5 vectors are made of: the class probabilities p (the paper), or the
 # entropy-weighted probabilities E * p (class mass weighted by each pixel's eq. 11 uncertainty).
-FEATURES = ("probs", "entropy")
+# "pixel": eq. 9 applied per pixel and averaged (the module docstring says why).
+FEATURES = ("probs", "entropy", "pixel")
 FILE_FORMAT = "tandemseg-uncertainty"
 FILE_VERSION = 1
 MIN_SET_FRACTION = 0.01  # stats="set": a frame's negative (positive) vector needs >= 1% of its pixels in the set
@@ -104,6 +112,9 @@ class FrameStats:
     q_e: np.ndarray | None = None  # (C,) mean of E * p over the coarse map
     s_pos_e: np.ndarray | None = None  # (C,)
     s_neg_e: np.ndarray | None = None  # (C,)
+    pp: np.ndarray | None = None  # (C, C) S(x) = mean over the coarse map of p p^T (feature "pixel")
+    pp_pos: np.ndarray | None = None  # (C, C) sum of p p^T over correct valid pixels
+    pp_neg: np.ndarray | None = None  # (C, C) sum of p p^T over wrong valid pixels
 
     @property
     def n_valid(self) -> int:
@@ -136,8 +147,17 @@ class FrameStats:
         raise ValueError(f"unknown feature {feature!r}; valid: {', '.join(FEATURES)}")
 
     def score_vector(self, feature: str) -> np.ndarray:
-        """The q(x) the runtime scores with this feature."""
+        """The q(x) the runtime scores with this feature: (C,), or S(x) (C, C) for feature "pixel"."""
+        if feature == "pixel":
+            if self.pp is None:
+                raise UncertaintyError("these statistics carry no pixel second moments; recompute them (fit-uncertainty without a stale --cache-dir)")
+            return self.pp
         return self.q if feature == "probs" else self.q_e
+
+    @property
+    def mean_entropy(self) -> float | None:
+        """Mean pixel entropy of the coarse map (sum over classes of q_E), the `entropy` policy's score."""
+        return None if self.q_e is None else float(self.q_e.sum())
 
 
 def frame_stats(probs: torch.Tensor, label: torch.Tensor, ignore_index: int) -> FrameStats:
@@ -153,10 +173,33 @@ def frame_stats(probs: torch.Tensor, label: torch.Tensor, ignore_index: int) -> 
     weights = torch.stack([torch.ones_like(ent), correct.double(), wrong.double(), ent, ent * correct, ent * wrong], 1)  # (HW, 6)
     sums = (flat @ weights).T.numpy().copy()  # (6, C)
     n = flat.shape[1]
+    pp_all, pp_pos, pp_neg = _masked_outer_sums(flat, weights[:, 1], weights[:, 2])
     return FrameStats(
         q=sums[0] / n, s_pos=sums[1], s_neg=sums[2], n_pos=int(correct.sum()), n_neg=int(wrong.sum()),
-        q_e=sums[3] / n, s_pos_e=sums[4], s_neg_e=sums[5],
+        q_e=sums[3] / n, s_pos_e=sums[4], s_neg_e=sums[5], pp=pp_all / n, pp_pos=pp_pos, pp_neg=pp_neg,
     )
+
+
+def _masked_outer_sums(flat: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, chunk: int = 8192) -> tuple[np.ndarray, ...]:
+    """(sum_i p_i p_i^T, the same over pos-weighted pixels, over neg-weighted pixels), each (C, C), from flat (C, N).
+
+    In fixed-size chunks: whole-frame (C, N) temporaries of varying size fragment the heap (a fit over
+    thousands of frames then grows by tens of MB per frame); chunk-sized ones are reused.
+    """
+    c = flat.shape[0]
+    sums = torch.zeros(3, c, c, dtype=flat.dtype)
+    for a in range(0, flat.shape[1], chunk):
+        f = flat[:, a : a + chunk]  # (C, n) view
+        sums[0] += f @ f.T
+        sums[1] += (f * pos[a : a + chunk]) @ f.T
+        sums[2] += (f * neg[a : a + chunk]) @ f.T
+    return tuple(sums.numpy())
+
+
+def pixel_second_moment(probs: torch.Tensor) -> np.ndarray:
+    """S(x) = mean over pixels of p p^T for (C, h, w) -> (C, C): the input of the per-pixel score (feature "pixel")."""
+    flat = probs.reshape(probs.shape[0], -1).double()  # (C, hw)
+    return (flat @ flat.T).div_(flat.shape[1]).numpy()
 
 
 def second_moment(qs: np.ndarray) -> np.ndarray:
@@ -168,7 +211,13 @@ def second_moment(qs: np.ndarray) -> np.ndarray:
 
 
 def moments(stats_list: list[FrameStats], stats: str, feature: str = "probs") -> tuple[np.ndarray, np.ndarray]:
-    """(M+, M-) = (E+[q q^T], E-[q q^T]) over frames, under the chosen eq. 5 reading."""
+    """(M+, M-) = (E+[q q^T], E-[q q^T]) over frames, under the chosen eq. 5 reading.
+
+    Feature "pixel": the pooled pixel moments E_{correct}[p p^T], E_{wrong}[p p^T] over all frames' pixels
+    (the 'stats' reading does not apply: the per-pixel score has no frame-level vectors).
+    """
+    if feature == "pixel":
+        return _pixel_moments(stats_list)
     pos, neg = [], []
     for s in stats_list:
         qp, qn = s.vectors(stats, feature)
@@ -182,6 +231,18 @@ def moments(stats_list: list[FrameStats], stats: str, feature: str = "probs") ->
             "Fit on more frames or on shifted frames where the device makes mistakes (--shifts)."
         )
     return second_moment(np.stack(pos)), second_moment(np.stack(neg))
+
+
+def _pixel_moments(stats_list: list[FrameStats]) -> tuple[np.ndarray, np.ndarray]:
+    if any(s.pp_pos is None or s.pp_neg is None for s in stats_list):
+        raise UncertaintyError("these statistics carry no pixel second moments; recompute them (fit-uncertainty without a stale --cache-dir)")
+    n_pos, n_neg = sum(s.n_pos for s in stats_list), sum(s.n_neg for s in stats_list)
+    if not n_pos or not n_neg:
+        raise UncertaintyError(
+            f"the fit data has {n_pos} correct and {n_neg} wrong pixels; both are needed. "
+            "Fit on more frames or on shifted frames where the device makes mistakes (--shifts)."
+        )
+    return sum(s.pp_pos for s in stats_list) / n_pos, sum(s.pp_neg for s in stats_list) / n_neg
 
 
 # ----------------------------------------------------------------------------- U: closed form and fit (eq. 6-8, 18-19)
@@ -289,6 +350,15 @@ def score(q: np.ndarray | torch.Tensor, u: np.ndarray | torch.Tensor) -> np.ndar
     return torch.einsum("...i,ij,...j->...", q, u, q).numpy()
 
 
+def score_feature(x: np.ndarray | torch.Tensor, u: np.ndarray | torch.Tensor, feature: str) -> np.ndarray:
+    """u(x) for a U of the given feature: eq. 9 on q (N, C) / (C,), or <U, S(x)> on S (N, C, C) / (C, C) for "pixel"."""
+    if feature != "pixel":
+        return score(x, u)
+    x = torch.as_tensor(x, dtype=torch.float64)
+    u = torch.as_tensor(u, dtype=torch.float64)
+    return (x * u).sum((-2, -1)).numpy()  # mean_i p_i U p_i^T = <U, mean_i p_i p_i^T>
+
+
 @dataclass
 class UncertaintyMatrix:
     """U with its provenance. `version` counts DCAM updates (0 = as fitted); the runtime replaces U on a newer reply."""
@@ -312,12 +382,12 @@ class UncertaintyMatrix:
 
     @property
     def feature(self) -> str:
-        """What q(x) is made of for this U: 'probs' (eq. 9 as printed) or 'entropy' (E * p)."""
+        """What the score reads: 'probs' (eq. 9 as printed: q), 'entropy' (q of E * p) or 'pixel' (S(x))."""
         return self.meta.get("feature", "probs")
 
     def score(self, q: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Eq. 9 for a batch of q (N, C) or one q (C,)."""
-        return score(q, self.u)
+        """Eq. 9 for a batch of q (N, C) or one q (C,); for feature 'pixel', S (N, C, C) or (C, C)."""
+        return score_feature(q, self.u, self.feature)
 
     def replace(self, u: np.ndarray, version: int) -> bool:
         """Take a newer U (DCAM reply); ignore stale versions. Returns whether U changed."""
@@ -415,6 +485,7 @@ def model_frame_stats(model: torch.nn.Module, image: np.ndarray, label: np.ndarr
     coarse = logits.float().softmax(1)  # (1, C, h, w)
     st.q = mean_probs(coarse)[0].double().numpy()
     st.q_e = entropy_weighted_mean(coarse)[0].double().numpy()
+    st.pp = pixel_second_moment(coarse[0])
     return st
 
 
@@ -464,10 +535,13 @@ def fit_from_stats(
     u = rescale_like(u, closed)
     q = np.stack([s.score_vector(feature) for s in stats_list])
     errs = np.array([s.error_rate for s in stats_list])
+    ent = [s.mean_entropy for s in stats_list]
     diag = {
         **info, "frames": len(stats_list), "mean_error_rate": float(errs.mean()),
         "cosine_to_closed_form": float((u * closed).sum() / max(np.linalg.norm(u) * np.linalg.norm(closed), 1e-300)),
-        **score_diagnostics(score(q, u), errs),
+        **score_diagnostics(score_feature(q, u, feature), errs),
+        # the `entropy` policy's ranking of the same frames: the bar a fitted U has to clear
+        "entropy_baseline": score_diagnostics(np.array(ent), errs) if None not in ent else None,
     }
     settings = {"lambda": lam, "gamma": gamma, "stats": stats, "feature": feature, "kernel": None if kernel is None else kernel.to_json()}
     return UncertaintyMatrix(u, classes, {**settings, **(meta or {}), "fit": diag}), diag
@@ -480,10 +554,11 @@ def save_stats(path: str | Path, stats_list: list[FrameStats]) -> None:
     np.savez(path, q=np.stack([s.q for s in stats_list]), s_pos=np.stack([s.s_pos for s in stats_list]),
              s_neg=np.stack([s.s_neg for s in stats_list]), n=np.array([[s.n_pos, s.n_neg] for s in stats_list]),
              q_e=np.stack([s.q_e for s in stats_list]), s_pos_e=np.stack([s.s_pos_e for s in stats_list]),
-             s_neg_e=np.stack([s.s_neg_e for s in stats_list]))
+             s_neg_e=np.stack([s.s_neg_e for s in stats_list]), pp=np.stack([s.pp for s in stats_list]),
+             pp_pos=np.stack([s.pp_pos for s in stats_list]), pp_neg=np.stack([s.pp_neg for s in stats_list]))
 
 
 def load_stats(path: str | Path) -> list[FrameStats]:
     z = np.load(path)
-    rows = zip(z["q"], z["s_pos"], z["s_neg"], z["n"], z["q_e"], z["s_pos_e"], z["s_neg_e"], strict=True)
-    return [FrameStats(q, sp, sn, int(n[0]), int(n[1]), qe, spe, sne) for q, sp, sn, n, qe, spe, sne in rows]
+    rows = zip(z["q"], z["s_pos"], z["s_neg"], z["n"], z["q_e"], z["s_pos_e"], z["s_neg_e"], z["pp"], z["pp_pos"], z["pp_neg"], strict=True)
+    return [FrameStats(q, sp, sn, int(n[0]), int(n[1]), qe, spe, sne, pp, ppp, ppn) for q, sp, sn, n, qe, spe, sne, pp, ppp, ppn in rows]
