@@ -90,7 +90,7 @@ for codec in jpeg:90 webp:90; do
   $RUN collab --data "$DATA" --split val --device-ckpt "$DEV" --cloud-ckpt "$CLOUD" --uncertainty "$U" \
     --policy acdc --rate 0.1 --codec "$codec" "${LIMIT[@]}" "${COMMON[@]}" --json "$OUT/run-acdc-${codec/:/}.json"
 done
-# bytes/s budget: 30 kB/s at 10 fps (about 10% of PNG frames)
+# bytes/s budget: 30 kB/s at 10 fps = 3 kB per frame, about 1% of frames as PNG (300-500 kB each)
 $RUN collab --data "$DATA" --split val --shift stream:mixed/10 --device-ckpt "$DEV" --cloud-ckpt "$CLOUD" \
   --uncertainty "$U" --policy acdc --bytes-per-s 30000 --fps 10 "${LIMIT[@]}" "${COMMON[@]}" \
   --json "$OUT/run-acdc-bytes.json"
