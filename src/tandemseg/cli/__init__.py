@@ -11,12 +11,12 @@ import sys
 import typer
 
 from tandemseg.cli import bench as bench_cli
-from tandemseg.cli.common import fixed_mmap_threshold
 from tandemseg.cli import data as data_cli
 from tandemseg.cli import demo as demo_cli
 from tandemseg.cli import models as models_cli
 from tandemseg.cli import offload as offload_cli
 from tandemseg.cli import service as service_cli
+from tandemseg.cli.common import fixed_mmap_threshold
 from tandemseg.errors import TandemsegError
 
 app = typer.Typer(help="tandemseg: edge-cloud collaborative semantic segmentation.", no_args_is_help=True, add_completion=False)

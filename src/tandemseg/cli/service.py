@@ -42,7 +42,7 @@ def serve(
     max_batch: int = typer.Option(8, min=1, help="dynamic batching: most frames per forward"),
     max_wait_ms: float = typer.Option(10.0, min=0.0, help="dynamic batching: wait at most this long after a batch's first frame"),
     max_queue: int = typer.Option(64, min=1, help="frames waiting for a batch before new ones get 503 + Retry-After"),
-    pipeline: int = typer.Option(1, min=1, max=8, help="batches in flight at once (2 overlaps per-frame work with the next forward)"),
+    pipeline: int = typer.Option(1, min=1, max=8, help="batches in flight at once; on CPU, --threads 1 --pipeline <cores> served 1.8x the frames/s of one 2-thread forward on 2 cores (docs/results/service.md)"),
     max_inflight_per_device: int = typer.Option(32, min=1, help="requests one device may have in flight (429 beyond)"),
     max_body_mb: float = typer.Option(8.0, min=0.01, help="largest request body (413 beyond)"),
     max_side: int = typer.Option(4096, min=16, help="largest frame side in pixels (413 beyond)"),
