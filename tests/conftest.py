@@ -109,3 +109,15 @@ def camvid_root() -> Path:
     if not (root / "train.txt").is_file():
         pytest.skip(f"real CamVid not found at {root}")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second torch thread only adds pool synchronisation, and the suite shares its cores.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

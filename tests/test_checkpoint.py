@@ -13,29 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny import CLOUD_TINY, DEVICE_TINY
 
 from tandemseg.data.classes import CAMVID, CITYSCAPES
 from tandemseg.errors import CheckpointError
 from tandemseg.models.checkpoint import CARD, WEIGHTS, load_checkpoint, read_card, save_checkpoint
 from tandemseg.models.registry import build_model
 
-DEVICE_TINY = {
-    "stages": [["stage1", 2, 8, 1, 2, 1], ["stage2", 2, 8, 1, 2, 1], ["stage3", 2, 16, 1, 2, 1], ["stage4", 2, 16, 1, 1, 2]],
-    "head_channels": 16, "skip_channels": 8, "stem_channels": 8,
-}
-CLOUD_TINY = {
-    "stages": [["layer1", 8, 1, 1, 1], ["layer2", 8, 1, 2, 1], ["layer3", 16, 1, 2, 1], ["layer4", 16, 1, 1, 2]],
-    "stem_channels": 8, "aspp_channels": 16, "decoder_channels": 8, "skip_channels": 8, "aspp_rates": [1, 2, 3],
-}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds pool synchronisation, and the suite shares its cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_like(kind: str, config: dict, seed: int = 0) -> torch.nn.Module:

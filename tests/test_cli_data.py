@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiny import run_main
 from PIL import Image
 
-from tandemseg.cli import main
 from tandemseg.data.camvid import CamVid
 from tandemseg.data.classes import CAMVID
 from tandemseg.data.stats import dataset_stats
@@ -29,18 +29,6 @@ CLI = [sys.executable, "-c", "from tandemseg.cli import main; main()"]
 
 def run_subprocess(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600)
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run `tandemseg ARGS` through main() in this process; returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["tandemseg", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_png(path: Path) -> tuple[int, int]:

@@ -4,15 +4,14 @@ sweeps (which must agree with the runtime), the oracle bound, and the `collab`/`
 from __future__ import annotations
 
 import json
-import sys
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _tiny import run_main
 
-from tandemseg.cli import main
 from tandemseg.cloud.service import CloudService
 from tandemseg.data.base import Sample
 from tandemseg.data.classes import CAMVID
@@ -27,20 +26,13 @@ from tandemseg.models.registry import build_model
 from tandemseg.wire import payload as W
 from tandemseg.wire.messages import UploadRequest
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_DEVICE = {"stem_channels": 8, "head_channels": 16, "skip_channels": 8,
                "stages": [["stage1", 2, 8, 1, 2, 1], ["stage2", 2, 8, 1, 2, 1], ["stage3", 2, 16, 1, 2, 1], ["stage4", 2, 16, 1, 1, 2]]}
 TINY_CLOUD = {"stem_channels": 8, "aspp_channels": 16, "decoder_channels": 16, "skip_channels": 8, "aspp_rates": [2, 4],
               "stages": [["layer1", 8, 1, 1, 1], ["layer2", 16, 1, 2, 1], ["layer3", 16, 1, 2, 1], ["layer4", 16, 1, 1, 2]]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: one torch thread keeps these tests light and their timings stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -310,17 +302,6 @@ def test_sweep_plot(tmp_path, stream_cache, u_matrix) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tandemseg", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 REQUIRED = ("device_miou", "cloud_miou", "collab_miou", "oracle_miou", "gain_captured", "upload_rate", "bytes_up_per_frame",

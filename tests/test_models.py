@@ -8,31 +8,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _tiny import TINY
 
 from tandemseg.errors import SpecError
 from tandemseg.models.cloud import CloudConfig
 from tandemseg.models.device import DeviceConfig
 from tandemseg.models.registry import build_model
 
-DEVICE_TINY = {
-    "stages": [["stage1", 2, 8, 1, 2, 1], ["stage2", 2, 8, 1, 2, 1], ["stage3", 2, 16, 1, 2, 1], ["stage4", 2, 16, 1, 1, 2]],
-    "head_channels": 16, "skip_channels": 8, "stem_channels": 8,
-}
-CLOUD_TINY = {
-    "stages": [["layer1", 8, 1, 1, 1], ["layer2", 8, 1, 2, 1], ["layer3", 16, 1, 2, 1], ["layer4", 16, 1, 1, 2]],
-    "stem_channels": 8, "aspp_channels": 16, "decoder_channels": 8, "skip_channels": 8, "aspp_rates": [1, 2, 3],
-}
-TINY = {"device": DEVICE_TINY, "cloud": CLOUD_TINY}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 H, W = 128, 192  # divisible by 2 * 16, so every stage's size is exactly (H*scale/reduction, W*scale/reduction)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds pool synchronisation, and the suite shares its cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny(kind: str, **overrides) -> torch.nn.Module:

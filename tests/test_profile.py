@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _tiny import CLOUD_TINY, DEVICE_TINY, run_main
 from torch import nn
 
-from tandemseg.cli import main
 from tandemseg.data.classes import CAMVID
 from tandemseg.eval.profile import count_gflops, measure_peak_memory, profile_model
 from tandemseg.models.checkpoint import save_checkpoint
 from tandemseg.models.registry import build_model
 
-DEVICE_TINY = {
-    "stages": [["stage1", 2, 8, 1, 2, 1], ["stage2", 2, 8, 1, 2, 1], ["stage3", 2, 16, 1, 2, 1], ["stage4", 2, 16, 1, 1, 2]],
-    "head_channels": 16, "skip_channels": 8, "stem_channels": 8,
-}
-CLOUD_TINY = {
-    "stages": [["layer1", 8, 1, 1, 1], ["layer2", 8, 1, 2, 1], ["layer3", 16, 1, 2, 1], ["layer4", 16, 1, 1, 2]],
-    "stem_channels": 8, "aspp_channels": 16, "decoder_channels": 8, "skip_channels": 8, "aspp_rates": [1, 2, 3],
-}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds pool synchronisation, and the suite shares its cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 KEYS = {"parameters", "gflops", "latency_ms_median", "latency_ms_p90", "threads", "input_shape"}
@@ -79,17 +62,6 @@ def test_peak_memory_in_a_child_process() -> None:
     assert 5 < r["peak_memory_mb"] < 200, r
     assert r["peak_memory_mb"] < r["peak_rss_mb"] < 390, r  # the child's own peak, not the parent's
     del ballast
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tandemseg", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_bench_models_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _tiny import DEVICE_TINY, run_main
 
-from tandemseg.cli import main
 from tandemseg.data.base import Sample
 from tandemseg.data.classes import CAMVID
 from tandemseg.models.checkpoint import load_checkpoint, save_checkpoint
@@ -25,21 +25,10 @@ from tandemseg.models.registry import build_model
 from tandemseg.train.augment import AugmentConfig
 from tandemseg.train.trainer import TrainConfig, Trainer
 
-DEVICE_TINY = {
-    "stages": [["stage1", 2, 8, 1, 2, 1], ["stage2", 2, 8, 1, 2, 1], ["stage3", 2, 16, 1, 2, 1], ["stage4", 2, 16, 1, 1, 2]],
-    "head_channels": 16, "skip_channels": 8, "stem_channels": 8,
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SKY, ROAD, CAR = CAMVID.names.index("Sky"), CAMVID.names.index("Road"), CAMVID.names.index("Car")
 CLI = [sys.executable, "-c", "from tandemseg.cli import main; main()"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds pool synchronisation, and the suite shares its cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class ToyScenes:
@@ -149,18 +138,6 @@ def test_train_config_is_validated() -> None:
             TrainConfig(**{**asdict(toy_config()), "augment": AugmentConfig(), **bad}).validate()
 
 
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """`tandemseg ARGS` through main() in this process: same code path as the console script, no start-up cost."""
-    monkeypatch.setattr(sys, "argv", ["tandemseg", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize("args, message", [
     (["--model", "big"], "error: unknown --model 'big'; valid: device, cloud"),
     (["--model", "device", "--val-split", "test"], "error: --val-split test is refused: checkpoints are selected on val"),
@@ -201,7 +178,7 @@ def test_warm_start_records_its_source_and_trains_from_it(monkeypatch, capsys, t
                             "--out", str(out), "--epochs", "1", "--batch-size", "2", "--threads", "1", "--corruptions", "fog,dusk", "--corrupt-p", "1")
     assert code == 0, err
     card = json.loads((out / "card.json").read_text())
-    assert card["init_from"] == {"path": str(source), "recipe": "pytest stage 1", "commit": card["init_from"]["commit"], "val_miou": 0.25}
+    assert card["init_from"] == {"path": str(source), "recipe": "pytest stage 1", "commit": load_checkpoint(source).card["commit"], "val_miou": 0.25}
     assert card["config"] == load_checkpoint(source).card["config"]  # the source's (tiny) architecture, not the default
     assert card["train_config"]["augment"]["corruptions"] == ["fog", "dusk"] and card["train_config"]["augment"]["corrupt_p"] == 1.0
     before, after = load_checkpoint(source).model.state_dict(), load_checkpoint(out).model.state_dict()

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 console = Console(stderr=True)
 out = Console()
@@ -72,13 +73,22 @@ def fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
     RSS per frame without this, flat with it. Returns whether the setting took effect.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(-3, threshold))  # -3 = M_MMAP_THRESHOLD; setting it also stops the adjustment
+        # the symbols already loaded into this process: no library search (find_library would run ldconfig
+        # on every start of the CLI)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
         return False
+    return bool(mallopt(-3, threshold))  # -3 = M_MMAP_THRESHOLD; setting it also stops glibc's adjustment
+
+
+def metrics_table(title: str, payload: dict, keys: Iterable[str]) -> Table:
+    """A two-column rich table of payload[key] for `keys`: '-' for missing, ints and booleans as they are, floats to 4 places."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in keys:
+        v = payload.get(key)
+        table.add_row(key, "-" if v is None else (str(v) if isinstance(v, (bool, int)) else f"{v:.4f}"))
+    return table

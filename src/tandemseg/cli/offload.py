@@ -11,7 +11,7 @@ import torch
 import typer
 from rich.table import Table
 
-from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.cli.common import console, metrics_table, out, progress, write_json
 from tandemseg.cli.models import recipe_command
 from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import BudgetSpec, check_rate
@@ -278,11 +278,6 @@ def print_sweep(payload: dict) -> None:
 
 
 def print_single(p: dict) -> None:
-    table = Table(title=f"{p['policy']} at target {p['target_rate']:.3f} ({p['shift']})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("device_miou", "cloud_miou", "collab_miou", "oracle_miou", "gain_captured", "upload_rate", "bytes_up_per_frame",
-                "device_ms", "score_ms", "cloud_ms", "device_gflops", "cloud_gflops", "paths_agree"):
-        v = p.get(key)
-        table.add_row(key, str(v) if isinstance(v, bool) or v is None else f"{v:.4f}")
-    out.print(table)
+    keys = ("device_miou", "cloud_miou", "collab_miou", "oracle_miou", "gain_captured", "upload_rate", "bytes_up_per_frame",
+            "device_ms", "score_ms", "cloud_ms", "device_gflops", "cloud_gflops", "paths_agree")
+    out.print(metrics_table(f"{p['policy']} at target {p['target_rate']:.3f} ({p['shift']})", p, keys))

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.cli.common import console, metrics_table, out, progress, write_json
 from tandemseg.cloud.auth import TOKENS_ENV, TokenMap
 from tandemseg.cloud.batching import BatchConfig
 from tandemseg.errors import SpecError, TandemsegError
@@ -178,14 +178,9 @@ def device(
 
 
 def print_device(p: dict) -> None:
-    table = Table(title=f"device {p['device_id']} via {p['server']}: {p['policy']} at target {p['target_rate']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("device_miou", "cloud_miou", "collab_miou", "upload_rate", "from_cloud", "fallbacks", "u_updates_applied",
-                "rtt_ms_p50", "rtt_ms_p95", "rtt_ms_p99", "bytes_up_per_frame", "bytes_down_per_frame", "stream_fps"):
-        v = p.get(key)
-        table.add_row(key, "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}"))
-    out.print(table)
+    keys = ("device_miou", "cloud_miou", "collab_miou", "upload_rate", "from_cloud", "fallbacks", "u_updates_applied",
+            "rtt_ms_p50", "rtt_ms_p95", "rtt_ms_p99", "bytes_up_per_frame", "bytes_down_per_frame", "stream_fps")
+    out.print(metrics_table(f"device {p['device_id']} via {p['server']}: {p['policy']} at target {p['target_rate']}", p, keys))
     if p.get("fallback_reasons"):
         console.print(f"fallbacks: {p['fallback_reasons']}; link failures: {p['link']['failures']}")
 

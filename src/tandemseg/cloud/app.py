@@ -263,13 +263,20 @@ def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batchi
             return error(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
         return {"device_id": device}
 
-    @app.get("/v1/devices/{device_id}/state", summary="the calling device's U and version")
-    async def get_state(device_id: str, request: Request):
+    def own_state(request: Request, device_id: str, verb: str) -> tuple[str | None, Any]:
+        """(device, None) when the caller's token belongs to `device_id`, else (None, the 401/403 response)."""
         device = authenticate(request)
         if device is None:
-            return error(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
+            return None, error(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
         if device_id != device:
-            return error(403, f"your token belongs to {device!r}; a device reads only its own state")
+            return None, error(403, f"your token belongs to {device!r}; a device {verb} only its own state")
+        return device, None
+
+    @app.get("/v1/devices/{device_id}/state", summary="the calling device's U and version")
+    async def get_state(device_id: str, request: Request):
+        device, refusal = own_state(request, device_id, "reads")
+        if refusal is not None:
+            return refusal
         state = await backend.device_state(device)
         if state is None:
             return error(404, f"no state for {device!r} yet")
@@ -277,11 +284,9 @@ def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batchi
 
     @app.put("/v1/devices/{device_id}/state", summary="set the calling device's U (e.g. after it loaded a new U file)")
     async def put_state(device_id: str, request: Request):
-        device = authenticate(request)
-        if device is None:
-            return error(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
-        if device_id != device:
-            return error(403, f"your token belongs to {device!r}; a device changes only its own state")
+        device, refusal = own_state(request, device_id, "changes")
+        if refusal is not None:
+            return refusal
         body = await read_body(request, limits.wire.max_body_bytes)
         obj = _json_object(body, "u")
         u = wire.decode_u_json(obj["u"], backend.num_classes)
