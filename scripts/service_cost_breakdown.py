@@ -40,6 +40,23 @@ def png_bytes(image: np.ndarray, level: int) -> int:
     return len(buf.getvalue())
 
 
+def frame_steps(img: np.ndarray, dev: torch.nn.Module, cloud: torch.nn.Module) -> dict[str, Callable[[], object]]:
+    """The per-frame steps to time, bound to this frame's inputs."""
+    png = encode_frame(img, "png")
+    packed, shape = pack_probs(run_device(dev, img).probs.numpy())
+    probs = unpack_probs(packed, shape)
+    with torch.inference_mode():
+        pred = cloud(to_tensor([img])).argmax(1)[0].to(torch.uint8).numpy()
+    return {
+        "device: encode frame, png level 1 (ms)": lambda: encode_frame(img, "png"),
+        "device: encode frame, png level 6 (ms)": lambda: png_bytes(img, 6),
+        "cloud: decode png frame (ms)": lambda: decode_frame(png, "png"),
+        "cloud: unpack device probabilities (ms)": lambda: unpack_probs(packed, shape),
+        "cloud: DCAM update (ms)": lambda: dcam_update(np.eye(len(probs)), probs, pred, 0.1, ignore_index=255),
+        "cloud: encode label map png (ms)": lambda: encode_label_png(pred),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="camvid:../shared/data/camvid")
@@ -54,23 +71,10 @@ def main() -> None:
     images = [ds[i].image for i in np.linspace(0, len(ds) - 1, args.frames).astype(int)]
     rows: dict[str, list[float]] = {}
     for img in images:
-        png = encode_frame(img, "png")
-        out = run_device(dev, img)
-        packed, shape = pack_probs(out.probs.numpy())
-        probs = unpack_probs(packed, shape)
-        with torch.inference_mode():
-            pred = cloud(to_tensor([img])).argmax(1)[0].to(torch.uint8).numpy()
-        steps = {
-            "device: encode frame, png level 1 (ms)": lambda: encode_frame(img, "png"),
-            "device: encode frame, png level 6 (ms)": lambda: png_bytes(img, 6),
-            "cloud: decode png frame (ms)": lambda: decode_frame(png, "png"),
-            "cloud: unpack device probabilities (ms)": lambda: unpack_probs(packed, shape),
-            "cloud: DCAM update (ms)": lambda: dcam_update(np.eye(len(probs)), probs, pred, 0.1, ignore_index=255),
-            "cloud: encode label map png (ms)": lambda: encode_label_png(pred),
-        }
+        steps = frame_steps(img, dev, cloud)
         for name, fn in steps.items():
             rows.setdefault(name, []).append(cpu_ms(fn, args.repeats))
-        rows.setdefault("png level 1 bytes", []).append(len(png))
+        rows.setdefault("png level 1 bytes", []).append(len(encode_frame(img, "png")))
         rows.setdefault("png level 6 bytes", []).append(png_bytes(img, 6))
     with torch.inference_mode():
         batch = to_tensor(images[:4])
