@@ -19,16 +19,4 @@ for shift in clean fog:3 gaussian_noise:3 motion_blur:3 dusk glass_blur:3 elasti
       --json "$OUT/$model-${shift/:/}.json" > /dev/null
   done
 done
-.venv/bin/python - "$OUT" <<'PY'
-import json, sys, pathlib
-out = pathlib.Path(sys.argv[1])
-rows = ["| shift | device mIoU | cloud mIoU | cloud - device (pp) |", "| --- | ---: | ---: | ---: |"]
-for shift in ["clean", "fog:3", "gaussian_noise:3", "motion_blur:3", "dusk", "glass_blur:3", "elastic_transform:3"]:
-    if not (out / f"device-{shift.replace(':', '')}.json").is_file():
-        continue
-    d = json.loads((out / f"device-{shift.replace(':', '')}.json").read_text())["miou"]
-    c = json.loads((out / f"cloud-{shift.replace(':', '')}.json").read_text())["miou"]
-    rows.append(f"| {shift} | {100 * d:.1f} | {100 * c:.1f} | {100 * (c - d):+.1f} |")
-(out / "table.md").write_text("\n".join(rows) + "\n")
-print("\n".join(rows))
-PY
+.venv/bin/tandemseg report models "$OUT"   # -> $OUT/table.md

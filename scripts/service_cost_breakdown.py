@@ -20,8 +20,8 @@ from PIL import Image
 
 from tandemseg.cloud.dcam import dcam_update
 from tandemseg.data.spec import open_dataset
+from tandemseg.data.tensors import to_tensor
 from tandemseg.device.runtime import run_device
-from tandemseg.eval.evaluate import to_tensor
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.wire.payload import decode_frame, encode_frame, encode_label_png, pack_probs, unpack_probs
 

@@ -22,13 +22,13 @@ H, W = 32, 48
 def tiny_cloud(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     stages = (("layer1", 8, 1, 1, 1), ("layer2", 8, 1, 2, 1), ("layer3", 8, 1, 2, 1), ("layer4", 8, 1, 1, 2))
-    return build_model("cloud", num_classes=C, stem_channels=8, stages=stages, aspp_channels=8, decoder_channels=8, skip_channels=8).eval()
+    return build_model("cloud", encoder="resnet", num_classes=C, stem_channels=8, stages=stages, aspp_channels=8, decoder_channels=8, skip_channels=8).eval()
 
 
 def tiny_device(seed: int = 1) -> torch.nn.Module:
     torch.manual_seed(seed)
     stages = (("stage1", 2, 8, 1, 2, 1), ("stage2", 2, 8, 1, 2, 1), ("stage3", 2, 8, 1, 2, 1), ("stage4", 2, 8, 1, 1, 2))
-    return build_model("device", num_classes=C, stem_channels=8, stages=stages, head_channels=8, skip_channels=8).eval()
+    return build_model("device", encoder="mobilenetv2", num_classes=C, stem_channels=8, stages=stages, head_channels=8, skip_channels=8).eval()
 
 
 def save_tiny(folder: Path, kind: str) -> Path:

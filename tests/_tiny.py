@@ -9,10 +9,12 @@ import pytest
 from tandemseg.cli import main
 
 DEVICE_TINY = {
+    "encoder": "mobilenetv2",
     "stages": [["stage1", 2, 8, 1, 2, 1], ["stage2", 2, 8, 1, 2, 1], ["stage3", 2, 16, 1, 2, 1], ["stage4", 2, 16, 1, 1, 2]],
     "head_channels": 16, "skip_channels": 8, "stem_channels": 8,
 }
 CLOUD_TINY = {
+    "encoder": "resnet",
     "stages": [["layer1", 8, 1, 1, 1], ["layer2", 8, 1, 2, 1], ["layer3", 16, 1, 2, 1], ["layer4", 16, 1, 1, 2]],
     "stem_channels": 8, "aspp_channels": 16, "decoder_channels": 8, "skip_channels": 8, "aspp_rates": [1, 2, 3],
 }

@@ -1,4 +1,4 @@
-"""Budget controllers: target rate met within 1 point on drifting score streams, causally; bytes budget."""
+"""Budget controllers: target rate met within 1 point on drifting score streams, causally; bytes budget from a fixed prior."""
 
 from __future__ import annotations
 
@@ -44,16 +44,32 @@ def test_window_controller_tracks_the_drift_locally() -> None:
     assert np.abs(blocks - 0.1).max() <= 0.03
 
 
+def run_charged(controller: B.Controller, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Decide each frame, then charge the uploaded frame's real size (what the runtime does)."""
+    out = []
+    for i, s in enumerate(scores):
+        up = controller.decide(float(s), i)
+        if up:
+            controller.charge(int(sizes[i]))
+        out.append(up)
+    return np.array(out)
+
+
 def test_decisions_are_causal() -> None:
-    """Frame t's decision depends only on scores up to t: two streams equal up to t decide alike up to t."""
+    """Frame t's decision depends only on scores (and charged sizes) up to t: two streams equal up to t decide alike up to t."""
     rng = np.random.default_rng(1)
     a = rng.normal(size=600)
     b = a.copy()
     b[300:] = rng.normal(size=300) + 10
-    for mode in ("window", "sa"):
-        da = run(B.make_controller(B.BudgetSpec(rate=0.1, mode=mode)), a)
-        db = run(B.make_controller(B.BudgetSpec(rate=0.1, mode=mode)), b)
-        assert np.array_equal(da[:300], db[:300])
+    sizes_a = rng.integers(4_000, 6_000, 600)
+    sizes_b = sizes_a.copy()
+    sizes_b[300:] *= 20  # the future's payloads: a controller that peeked at them would budget differently
+    specs = [B.BudgetSpec(rate=0.1, mode="window"), B.BudgetSpec(rate=0.1, mode="sa"), B.BudgetSpec(rate=None, bytes_per_s=5_000, fps=10)]
+    for spec in specs:
+        da = run_charged(B.make_controller(spec), a, sizes_a)
+        db = run_charged(B.make_controller(spec), b, sizes_b)
+        assert da[:300].any() and np.array_equal(da[:300], db[:300]), spec
+        assert not np.array_equal(da[300:], db[300:]), spec  # and the future does change later decisions
 
 
 def test_vetoed_frames_are_never_uploaded() -> None:
@@ -63,11 +79,15 @@ def test_vetoed_frames_are_never_uploaded() -> None:
     assert abs(d.mean() - 0.2) <= 0.01  # the budget is spent on the eligible half
 
 
-def test_byte_budget_respects_bytes_per_second() -> None:
+@pytest.mark.parametrize("sizes_from", [40_000, 2_000])  # payloads 4-8x above the prior, and 2-4x below it
+def test_byte_budget_respects_bytes_per_second(sizes_from: int) -> None:
+    """From the fixed prior (never the stream's sizes): the budget is kept and spent, and the rate matches it."""
     rng = np.random.default_rng(3)
-    fps, budget, frames = 10.0, 60_000.0, 3000
-    sizes = rng.integers(40_000, 80_000, frames)
-    c = B.ByteBudgetController(budget, fps, burst_s=5.0, initial_bytes=60_000)
+    fps, frames = 10.0, 3000
+    sizes = rng.integers(sizes_from, 2 * sizes_from, frames)
+    budget = 0.1 * fps * sizes.mean()  # affords about 10% of frames
+    c = B.make_controller(B.BudgetSpec(rate=None, bytes_per_s=budget, fps=fps))
+    assert c.expected_bytes == B.PRIOR_UPLOAD_BYTES
     sent = 0
     for i, s in enumerate(rng.normal(size=frames)):
         if c.decide(float(s), i):
@@ -77,6 +97,18 @@ def test_byte_budget_respects_bytes_per_second() -> None:
     assert sent <= allowed + c.capacity + sizes.max()
     assert sent >= 0.95 * allowed  # and it spends the budget rather than losing it at the bucket's cap
     assert abs(c.stats.achieved_rate - budget / fps / sizes.mean()) < 0.01
+
+
+def test_first_measured_size_replaces_the_prior() -> None:
+    c = B.ByteBudgetController(10_000, 10)
+    assert c.affordable_rate() == pytest.approx(1_000 / B.PRIOR_UPLOAD_BYTES)
+    c.charge(50_000)
+    assert c.expected_bytes == 50_000  # the prior carries no weight once a real upload is measured
+    c.charge(30_000)
+    assert c.expected_bytes == 40_000  # the mean of the measured sizes ...
+    for _ in range(20):
+        c.charge(30_000)
+    assert 30_000 < c.expected_bytes < 30_100  # ... then an exponential average (weight 0.2) that follows drift
 
 
 def test_fixed_selection_and_zero_rate() -> None:

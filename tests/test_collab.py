@@ -1,5 +1,7 @@
 """Collaborative evaluation: payload codecs, the cloud service, the runtime + in-process link, the cached
-sweeps (which must agree with the runtime), the oracle bound, and the `collab`/`fit-uncertainty` CLI."""
+sweeps (which must agree with the runtime), comparisons at the target rate (greedy oracle at the target
+count, paired bootstrap intervals, AUC), repeated shift schedules, and the `collab`/`fit-uncertainty` CLI.
+The oracle against exhaustive search: test_oracle.py; causality of every path: test_causality.py."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _tiny import run_main
+from _streams import dense_cache, from_cms
+from _tiny import CLOUD_TINY, DEVICE_TINY, run_main
 
+from tandemseg.cloud import dcam as D
 from tandemseg.cloud.service import CloudService
 from tandemseg.data.base import Sample
 from tandemseg.data.classes import CAMVID
@@ -29,16 +33,12 @@ from tandemseg.wire.messages import UploadRequest
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_DEVICE = {"stem_channels": 8, "head_channels": 16, "skip_channels": 8,
-               "stages": [["stage1", 2, 8, 1, 2, 1], ["stage2", 2, 8, 1, 2, 1], ["stage3", 2, 16, 1, 2, 1], ["stage4", 2, 16, 1, 1, 2]]}
-TINY_CLOUD = {"stem_channels": 8, "aspp_channels": 16, "decoder_channels": 16, "skip_channels": 8, "aspp_rates": [2, 4],
-              "stages": [["layer1", 8, 1, 1, 1], ["layer2", 16, 1, 2, 1], ["layer3", 16, 1, 2, 1], ["layer4", 16, 1, 1, 2]]}
 
 
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    return build_model("device", TINY_DEVICE).eval(), build_model("cloud", TINY_CLOUD).eval()
+    return build_model("device", DEVICE_TINY).eval(), build_model("cloud", CLOUD_TINY).eval()
 
 
 @pytest.fixture(scope="module")
@@ -145,36 +145,44 @@ def test_service_batches_by_size_and_matches_single_forward(models) -> None:
         assert (label == ref).mean() > 0.999  # batched vs single forward: equal up to float ties
 
 
+def flag_everything(calls: list | None = None):
+    """A stand-in for DCAM's evidence: every class flagged, U_new = all ones (so eq. 14 visibly moves U)."""
+
+    def evidence(device_probs, pseudo_label, ignore_index=255, settings=None):
+        if calls is not None:
+            calls.append((device_probs.shape, pseudo_label.shape, settings))
+        c = device_probs.shape[0]
+        return D.DcamEvidence(np.ones(c, bool), np.ones((c, c)), np.zeros(c))
+
+    return evidence
+
+
 def test_service_dcam_updates_per_device(models, monkeypatch) -> None:
     _, cloud = models
-    calls = []
-
-    def fake_dcam(u, probs, pseudo, alpha, ignore_index=255):
-        calls.append((probs.shape, pseudo.shape, alpha))
-        return u + 1.0, True
-
-    monkeypatch.setattr("tandemseg.cloud.service.dcam_update", fake_dcam)
-    service = CloudService(cloud, CAMVID, dcam_alpha=0.5, initial_u=np.zeros((11, 11)))
+    calls: list = []
+    monkeypatch.setattr("tandemseg.cloud.dcam.dcam_evidence", flag_everything(calls))
+    settings = D.DcamSettings(lam=0.8)
+    service = CloudService(cloud, CAMVID, dcam_alpha=0.5, initial_u=np.eye(11), dcam_settings=settings)
     img = SmallStream(1).samples[0].image
     data, shape = W.pack_probs(torch.full((11, 3, 4), 1 / 11).numpy())
     r1 = service.segment_batch([request(img, 0, "a", device_probs=data, device_probs_shape=shape)])[0]
-    assert r1.u_version == 1 and r1.u_matrix[0, 0] == 1.0
+    assert r1.u_version == 1 and r1.u_matrix is not None and not np.allclose(r1.u_matrix, np.eye(11))
     r2 = service.segment_batch([request(img, 1, "b")])[0]  # no probs, fresh device: nothing to send
     assert r2.u_matrix is None
     assert service.device_state("a")["u_version"] == 1 and service.device_state("b")["u_version"] == 0
-    assert calls == [((11, 3, 4), img.shape[:2], 0.5)]
+    assert calls == [((11, 3, 4), img.shape[:2], settings)]
 
 
 def test_runtime_uses_the_cloud_reply_and_applies_u(models, monkeypatch) -> None:
     dev, cloud = models
-    monkeypatch.setattr("tandemseg.cloud.service.dcam_update", lambda u, p, y, a, ignore_index=255: (u * 2.0, True))
+    monkeypatch.setattr("tandemseg.cloud.dcam.dcam_evidence", flag_everything())
     um = UncertaintyMatrix(np.eye(11), CAMVID)
     service = CloudService(cloud, CAMVID, dcam_alpha=0.3, initial_u=um.u)
     rt = DeviceRuntime(dev, make_policy("all"), WindowController(0.1), InProcessLink(service), send_device_probs=True, uncertainty=um)
     s = SmallStream(1).samples[0]
     res = rt.finish(rt.process(s.image, 7))
     assert res.provenance == "cloud" and res.uploaded and res.bytes_up > 0 and res.bytes_down > 0
-    assert um.version == 1 and um.u[0, 0] == 2.0 and res.u_version == 1
+    assert um.version == 1 and res.u_version == 1 and not np.allclose(um.u, np.eye(11))
 
 
 class FailingLink:
@@ -227,68 +235,141 @@ def test_runtime_path_agrees_with_cached_path(policy, models, stream_cache, u_ma
     assert rt["bytes_up_per_frame"] == pytest.approx(cached["bytes_up_per_frame"])
 
 
-def test_runtime_and_cache_agree_with_dcam_in_the_loop(models, stream_cache, u_matrix, monkeypatch) -> None:
+def test_runtime_and_cache_agree_with_dcam_in_the_loop(models, stream_cache, monkeypatch) -> None:
+    """Real DCAM on both paths, U_new fitted as the U's metadata says (lambda 0.9, set reading, gamma 2), not defaults."""
     dev, cloud = models
-    ds, cache = stream_cache
+    ds, _ = stream_cache
+    seen = []
+    real = D.dcam_evidence
 
-    def fake_dcam(u, probs, pseudo, alpha, ignore_index=255):  # deterministic, depends on what the cloud saw
-        return u + alpha * float(probs[0].mean()) * np.eye(len(u)) - alpha * float((pseudo == 0).mean()), True
+    def recording(device_probs, pseudo_label, ignore_index=255, settings=D.DcamSettings()):
+        seen.append(settings)
+        return real(device_probs, pseudo_label, ignore_index, settings)
 
-    monkeypatch.setattr("tandemseg.cloud.service.dcam_update", fake_dcam)
-    monkeypatch.setattr("tandemseg.eval.collab.dcam_update", fake_dcam)
+    monkeypatch.setattr("tandemseg.cloud.dcam.dcam_evidence", recording)  # the service's and the replay's DCAM
+    a = np.random.default_rng(0).normal(size=(11, 11))
+    um = UncertaintyMatrix(a + a.T, CAMVID, meta={"lambda": 0.9, "stats": "set", "gamma": 2.0})
     cache_p = C.build_cache(ds, dev, cloud, "png", send_device_probs=True)
-    run = C.PolicyRun("acdc", BudgetSpec(rate=0.25), u_matrix, dcam_alpha=0.5)
+    seen.clear()  # (the cache's cloud pass runs without DCAM)
+    run = C.PolicyRun("acdc", BudgetSpec(rate=0.25, mode="sa"), um, dcam_alpha=0.5)
     cached, rep = C.run_cached(cache_p, run)
     rt = C.run_runtime(ds, cache_p, run, dev, cloud, "png", send_device_probs=True)
     assert rep.u_updates > 0 and rt["u_version"] == rep.u_updates
     assert np.array_equal(rt["mask"], rep.mask)
     assert rt["collab_miou"] == pytest.approx(cached["collab_miou"], abs=1e-12)
+    assert len(seen) == 2 * int(rep.mask.sum()) and set(seen) == {D.DcamSettings(stats="set", lam=0.9, gamma=2.0)}
 
 
-def random_cache(n: int, seed: int) -> C.CollabCache:
-    """Per-frame confusion matrices only (the oracle and sweeps need nothing else)."""
-    rng = np.random.default_rng(seed)
-    c = 5
-
-    def cms(diag_weight):
-        m = rng.integers(0, 20, (n, c, c))
-        m[:, np.arange(c), np.arange(c)] += rng.integers(0, diag_weight, (n, c))
-        m[rng.random((n, c)) < 0.3] = 0  # classes absent from some frames, as in real scenes
-        return m
-
-    probs = [torch.rand(c, 4, 4, generator=torch.Generator().manual_seed(i)).softmax(0) for i in range(n)]
-    from tandemseg.data.classes import ClassTable
-
-    classes = ClassTable(tuple("abcde"), ((0, 0, 0),) * 5)
-    return C.CollabCache(classes, probs, cms(60), cms(200), [np.zeros((4, 4), np.uint8)] * n, np.full(n, 1000), np.full(n, 100),
-                         np.ones(n), np.ones(n), ["clean"] * n)
+# ----------------------------------------------------------------------------- comparisons at the target rate
 
 
-def test_oracle_is_at_least_every_policy() -> None:
-    for seed in range(3):
-        cache = random_cache(60, seed)
-        um = UncertaintyMatrix(np.random.default_rng(seed).normal(size=(5, 5)), cache.classes)
-        runs, labels = [], []
-        for rate in (0.05, 0.1, 0.2, 0.5):
-            for p in ("acdc", "entropy", "cema", "confidence", "random", "oracle"):
-                runs.append(C.PolicyRun(p, BudgetSpec(rate=rate), um))
-                labels.append(p)
-        res = C.sweep(cache, runs, labels)
-        for row in res["rows"]:
-            assert row["oracle_miou"] >= row["collab_miou"] - 1e-12, row["policy"]
-        assert all(abs(r["gain_captured"] - 1.0) < 1e-9 for r in res["rows"] if r["policy"] == "oracle")
+def under_uploader(cache: C.CollabCache, k: int) -> np.ndarray:
+    """The oracle's own first k - 2 frames: a policy that picks well but uploads fewer frames than asked."""
+    mask = C.greedy_oracle_select(cache, k)
+    mask[np.flatnonzero(mask)[-2:]] = False
+    return mask
 
 
-def test_oracle_beats_exhaustive_search_on_small_streams() -> None:
-    """On 10 frames the greedy + swap oracle finds the true best subset of size k (checked exhaustively)."""
-    from itertools import combinations
+def test_gain_captured_is_against_the_oracle_at_the_target_count() -> None:
+    cache = dense_cache(40, 1)
+    k = C.target_count(0.25, 40)
+    m = C.selection_metrics(cache, under_uploader(cache, k), 0.25)
+    at_target = C.miou_of(C.collab_cm(cache, C.greedy_oracle_select(cache, k)))
+    at_achieved = C.miou_of(C.collab_cm(cache, C.greedy_oracle_select(cache, k - 2)))
+    assert m["target_uploads"] == k and m["uploads"] == k - 2 and m["rate_error"] == pytest.approx(-2 / 40)
+    assert m["oracle_miou"] == pytest.approx(at_target) and at_target > at_achieved
+    device = m["device_miou"]
+    assert m["gain_captured"] == pytest.approx((m["collab_miou"] - device) / (at_target - device))
+    assert m["gain_captured"] < (m["collab_miou"] - device) / (at_achieved - device)  # no credit for the frames it skipped
+    assert m["gain_over_device"] == pytest.approx(m["collab_miou"] - device)
 
-    for seed in range(4):
-        cache = random_cache(10, seed)
-        for k in (1, 2, 3):
-            best = max(C.miou_of(C.collab_cm(cache, np.isin(np.arange(10), s))) for s in combinations(range(10), k))
-            got = C.miou_of(C.collab_cm(cache, C.oracle_select(cache, k)))
-            assert got >= best - 1e-12
+
+def test_oracle_does_not_depend_on_the_policies_compared() -> None:
+    """The old oracle was started from every policy's own selection; now the reference at a rate is the same
+    whichever policies ride along, and the oracle policy captures exactly 100%."""
+    cache = dense_cache(60, 0)
+    um = UncertaintyMatrix(np.random.default_rng(0).normal(size=(5, 5)), cache.classes)
+    rates = (0.05, 0.1, 0.2)
+
+    def oracle_by_rate(policies: tuple[str, ...]) -> dict:
+        runs = [C.PolicyRun(p, BudgetSpec(rate=r), um) for r in rates for p in policies]
+        res = C.sweep(cache, runs, resamples=50)
+        assert all(abs(r["gain_captured"] - 1.0) < 1e-12 for r in res["rows"] if r["policy"] == "oracle")
+        return {(r["target_rate"], r["policy"]): r["oracle_miou"] for r in res["rows"]}
+
+    alone = oracle_by_rate(("oracle",))
+    crowd = oracle_by_rate(("acdc", "entropy", "cema", "confidence", "random", "oracle"))
+    for (rate, _), value in crowd.items():
+        assert value == alone[(rate, "oracle")]
+
+
+def test_sweep_rows_intervals_differences_and_auc() -> None:
+    cache = dense_cache(50, 3)
+    um = UncertaintyMatrix(np.random.default_rng(1).normal(size=(5, 5)), cache.classes)
+    rates = (0.02, 0.1, 0.2, 0.3, 0.5)
+    runs = [C.PolicyRun(p, BudgetSpec(rate=r, mode="sa"), um) for r in rates for p in ("acdc", "entropy", "random")]
+    res = C.sweep(cache, runs, resamples=200, seed=5)
+    assert res["bootstrap"]["resamples"] == 200 and res["bootstrap"]["paired"] and "greedy" in res["oracle"]
+    lo, hi = res["device_miou_ci"]
+    assert lo <= res["device_miou"] <= hi
+    for r in res["rows"]:
+        for key in ("collab_miou", "gain_over_device", "gain_captured", "oracle_miou"):
+            if key == "gain_captured" and r["target_uploads"] < 5:
+                continue  # 1-2 oracle frames: many resamples draw none of them and the ratio is 0/0 (interval None)
+            assert r[f"{key}_ci"] is not None and r[f"{key}_ci"][0] <= r[f"{key}_ci"][1], key
+        assert {"target_rate", "upload_rate", "uploads", "target_uploads"} <= set(r)
+        if r["policy"] != "random":
+            vs = r["vs"]["random"]
+            rand = next(x for x in res["rows"] if x["policy"] == "random" and x["target_rate"] == r["target_rate"])
+            assert vs["collab_miou_delta"] == pytest.approx(r["collab_miou"] - rand["collab_miou"])
+            assert vs["ci"][0] <= vs["ci"][1]
+    assert "random" not in next(r for r in res["rows"] if r["policy"] == "random")["vs"]
+    # AUC: the trapezoid over target rates 2-30% only (0.5 is outside), divided by the extent 0.28
+    acdc = {r["target_rate"]: r["collab_miou"] for r in res["rows"] if r["policy"] == "acdc"}
+    y = [acdc[x] for x in (0.02, 0.1, 0.2, 0.3)]
+    expected = (0.08 * (y[0] + y[1]) + 0.1 * (y[1] + y[2]) + 0.1 * (y[2] + y[3])) / 2 / 0.28
+    a = res["auc"]["policies"]["acdc"]
+    assert a["auc"] == pytest.approx(expected) and a["rates"] == [0.02, 0.1, 0.2, 0.3] and a["auc_ci"][0] <= a["auc_ci"][1]
+    assert a["vs"]["random"]["auc_delta"] == pytest.approx(a["auc"] - res["auc"]["policies"]["random"]["auc"])
+    # seeded: the same call gives the same intervals; another bootstrap seed, others
+    again = C.sweep(cache, runs, resamples=200, seed=5)
+    assert again["rows"][0]["collab_miou_ci"] == res["rows"][0]["collab_miou_ci"]
+    assert C.sweep(cache, runs, resamples=200, seed=6)["rows"][0]["collab_miou_ci"] != res["rows"][0]["collab_miou_ci"]
+
+
+def test_paired_difference_of_identical_runs_is_exactly_zero() -> None:
+    """Same draws for every run: two labels for the same selection differ by 0 in every resample."""
+    cache = dense_cache(40, 4)
+    runs = [C.PolicyRun("entropy", BudgetSpec(rate=0.2)), C.PolicyRun("entropy", BudgetSpec(rate=0.2))]
+    res = C.sweep(cache, runs, labels=["entropy", "random"], resamples=100)
+    vs = res["rows"][0]["vs"]["random"]
+    assert vs["collab_miou_delta"] == 0.0 and vs["ci"] == [0.0, 0.0]
+    assert res["rows"][0]["collab_miou_ci"][1] > res["rows"][0]["collab_miou_ci"][0]  # while each run alone has a spread
+
+
+def test_bootstrap_resamples_source_frames_of_repeated_schedules() -> None:
+    """A split played 3 times is 3 copies of each labelled frame: the interval must be that of the split's frames,
+    not narrowed by pretending the copies are independent (here the copies are exact)."""
+    one = dense_cache(30, 5)
+    three = from_cms(np.tile(one.device_cm, (3, 1, 1)), np.tile(one.cloud_cm, (3, 1, 1)), groups=np.tile(np.arange(30), 3))
+    as_frames = from_cms(three.device_cm, three.cloud_cm)  # the same stream, every copy its own sample
+    width = {}
+    for name, cache in (("one", one), ("three", three), ("as_frames", as_frames)):
+        lo, hi = C.Evaluation.of(cache, 2000, 0).header()["device_miou_ci"]
+        width[name] = hi - lo
+    assert width["three"] == pytest.approx(width["one"], rel=0.1)
+    assert width["as_frames"] < 0.75 * width["one"]  # ~1/sqrt(3): what ignoring the grouping would claim
+
+
+def test_bytes_budget_starts_from_its_prior_on_every_path() -> None:
+    """The in-process runs build the controller from the budget alone, as the HTTP device does (run.make() there
+    has no cache): the stream's payload sizes never seed it."""
+    small = dense_cache(20, 0)
+    big = from_cms(small.device_cm, small.cloud_cm, bytes_up=np.full(20, 123_456))
+    spec = BudgetSpec(rate=None, bytes_per_s=30_000, fps=10)
+    states = [C.PolicyRun("entropy", spec).make(cache)[1].summary() for cache in (small, big, None)]
+    assert states[0] == states[1] == states[2]
+    assert states[0]["expected_bytes"] == C.make_controller(spec).expected_bytes
 
 
 def test_sweep_plot(tmp_path, stream_cache, u_matrix) -> None:
@@ -304,8 +385,9 @@ def test_sweep_plot(tmp_path, stream_cache, u_matrix) -> None:
 # ----------------------------------------------------------------------------- CLI
 
 
-REQUIRED = ("device_miou", "cloud_miou", "collab_miou", "oracle_miou", "gain_captured", "upload_rate", "bytes_up_per_frame",
-            "frames", "device_ms", "cloud_ms", "device_gflops", "cloud_gflops")
+REQUIRED = ("device_miou", "cloud_miou", "collab_miou", "oracle_miou", "gain_captured", "upload_rate", "target_rate", "bytes_up_per_frame",
+            "frames", "device_ms", "cloud_ms", "device_gflops", "cloud_gflops", "collab_miou_ci", "gain_captured_ci", "gain_over_device_ci",
+            "device_miou_ci", "cloud_miou_ci", "target_uploads", "bootstrap", "oracle")
 
 
 def test_cli_fit_then_collab_json(tmp_path, ckpts, monkeypatch, capsys) -> None:
@@ -317,25 +399,66 @@ def test_cli_fit_then_collab_json(tmp_path, ckpts, monkeypatch, capsys) -> None:
     um = UncertaintyMatrix.load(u, expect_classes=CAMVID)
     assert um.meta["lambda"] == 0.5 and um.meta["data"] == "synthetic" and "fit-uncertainty" in um.meta["recipe"]
     out = tmp_path / "c.json"
-    code, _, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--split", "val", "--device-ckpt", str(dev),
-                            "--cloud-ckpt", str(cloud), "--uncertainty", str(u), "--policy", "acdc", "--rate", "0.5", "--limit", "4",
-                            "--codec", "jpeg:90", "--cache-dir", str(tmp_path / "cache"), "--json", str(out))
+    code, stdout, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--split", "val", "--device-ckpt", str(dev),
+                                 "--cloud-ckpt", str(cloud), "--uncertainty", str(u), "--policy", "acdc", "--rate", "0.5", "--limit", "4",
+                                 "--codec", "jpeg:90", "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "200", "--json", str(out))
     assert code == 0, err
     res = json.loads(out.read_text())
     for key in REQUIRED:
         assert key in res, key
-    assert res["frames"] == 4 and res["paths_agree"] is True and res["codec"] == "jpeg:90"
-    assert res["oracle_miou"] >= res["collab_miou"] - 1e-12
+    assert res["frames"] == 4 and res["paths_agree"] is True and res["codec"] == "jpeg:90" and res["bootstrap"]["resamples"] == 200
+    assert res["target_rate"] == 0.5 and res["target_uploads"] == 2
     assert res["bytes_up_per_frame"] == pytest.approx(res["uploads"] * res["bytes_up_per_upload"] / 4 if res["uploads"] else 0.0)
+    assert "achieved / target" in stdout and "collab_miou %" in stdout
     # a sweep over the same stream reuses the cached device/cloud results
-    code, _, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--device-ckpt", str(dev), "--cloud-ckpt", str(cloud),
-                            "--uncertainty", str(u), "--variant", f"again={u}", "--limit", "4", "--codec", "jpeg:90",
-                            "--cache-dir", str(tmp_path / "cache"), "--sweep", "0.25,0.5", "--json", str(tmp_path / "s.json"))
+    from tandemseg.cli import offload
+
+    monkeypatch.setattr(offload.out, "width", 200)  # the table at full width (rich folds headers at 80 columns)
+    code, stdout, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--device-ckpt", str(dev), "--cloud-ckpt", str(cloud),
+                                 "--uncertainty", str(u), "--variant", f"again={u}", "--limit", "4", "--codec", "jpeg:90",
+                                 "--cache-dir", str(tmp_path / "cache"), "--sweep", "0.25,0.5", "--bootstrap", "200",
+                                 "--json", str(tmp_path / "s.json"))
     assert code == 0, err
     assert "per-frame results from" in err
     sweep = json.loads((tmp_path / "s.json").read_text())
     assert {r["policy"] for r in sweep["rows"]} >= {"acdc", "acdc:again", "entropy", "oracle", "random"}
+    assert all(r["collab_miou_ci"] is not None and "target_rate" in r and "upload_rate" in r for r in sweep["rows"])
+    assert sweep["auc"]["span"] == [0.02, 0.3] and sweep["auc"]["policies"] == {}  # one swept rate in 2-30%: no area
+    assert "minus random" in stdout and "gain captured %" in stdout and "oracle = greedy search" in stdout
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_cli_collab_over_repeated_schedules(tmp_path, ckpts, monkeypatch, capsys) -> None:
+    """--repeat-schedules 3 --limit 3: the split's first 3 frames under 3 seeded schedules, 9 frames from 3 sources."""
+    dev, cloud = ckpts
+    out = tmp_path / "r.json"
+    code, stdout, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--shift", "stream:fog:3,gaussian_noise:3/1",
+                                 "--device-ckpt", str(dev), "--cloud-ckpt", str(cloud), "--limit", "3", "--repeat-schedules", "3",
+                                 "--sweep", "0.1,0.2,0.3", "--policies", "entropy,random,oracle", "--bootstrap", "100",
+                                 "--cache-dir", str(tmp_path / "cache"), "--json", str(out))
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["repeat_schedules"] == 3 and res["bootstrap"]["frames"] == 9 and res["bootstrap"]["source_frames"] == 3
+    assert set(res["auc"]["policies"]) == {"entropy", "random", "oracle"}
+    assert "AUC mIoU %" in stdout
+    cache = C.CollabCache.load(next((tmp_path / "cache").glob("collab-*.npz")))
+    assert cache.sources.tolist() == [0, 1, 2] * 3
+    # pass j runs under seed j: other noise on the same frames, so the device sees other inputs
+    assert not any(np.array_equal(cache.probs[i].numpy(), cache.probs[i + 3].numpy()) for i in range(3))
+
+
+def test_repeated_schedules_dataset() -> None:
+    from tandemseg.data.shifts.stream import RepeatedSchedules
+    from tandemseg.data.spec import open_dataset
+
+    passes = [open_dataset("synthetic", "val", "stream:fog:3,dusk/2", seed=j) for j in range(3)]
+    ds = RepeatedSchedules(passes, frames_per_pass=4)
+    assert len(ds) == 12 and [ds.source_index(i) for i in range(12)] == [0, 1, 2, 3] * 3
+    assert np.array_equal(ds[5].image, passes[1][1].image) and np.array_equal(ds[5].label, passes[0][1].label)
+    assert ds.condition_at(9) == passes[2].condition_at(1)
+    assert not np.array_equal(ds[0].image, ds[4].image)  # another seed: other noise (and maybe another condition)
+    with pytest.raises(IndexError):
+        ds[12]
 
 
 @pytest.mark.parametrize(
@@ -345,6 +468,9 @@ def test_cli_fit_then_collab_json(tmp_path, ckpts, monkeypatch, capsys) -> None:
         (["--codec", "gif"], "unknown codec 'gif'"),
         (["--rate", "2"], "upload rate must be a fraction"),
         (["--policy", "acdc"], "needs an uncertainty matrix"),
+        (["--policy", "random", "--repeat-schedules", "2"], "under 'clean' every pass"),
+        (["--policy", "random", "--repeat-schedules", "0"], "--repeat-schedules must be >= 1"),
+        (["--policy", "random", "--bootstrap", "0"], "--bootstrap must be >= 1"),
     ],
 )
 def test_cli_rejects_bad_input_in_one_line(args, message, ckpts, monkeypatch, capsys, tmp_path) -> None:
@@ -364,11 +490,21 @@ def test_cli_fit_refuses_test_split(ckpts, monkeypatch, capsys, tmp_path) -> Non
                     or not (REPO / "checkpoints/synthetic-uncertainty.safetensors").is_file(),
                     reason="committed synthetic checkpoints not present")
 def test_collab_with_committed_synthetic_checkpoints(tmp_path, monkeypatch, capsys) -> None:
+    """The committed models through `collab`: device-only and cloud-only mIoU equal what `evaluate()` gives on the
+    same frames (the cloud sees a lossless PNG), and the runtime and cached paths agree."""
+    from tandemseg.data.spec import open_dataset
+    from tandemseg.eval.evaluate import evaluate
+    from tandemseg.models.checkpoint import load_checkpoint
+
     out = tmp_path / "c.json"
+    dev, cloud = REPO / "checkpoints/synthetic-device", REPO / "checkpoints/synthetic-cloud"
     code, _, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--split", "val",
-                            "--device-ckpt", str(REPO / "checkpoints/synthetic-device"), "--cloud-ckpt", str(REPO / "checkpoints/synthetic-cloud"),
+                            "--device-ckpt", str(dev), "--cloud-ckpt", str(cloud),
                             "--uncertainty", str(REPO / "checkpoints/synthetic-uncertainty.safetensors"), "--policy", "acdc", "--rate", "0.25",
-                            "--limit", "4", "--json", str(out))
+                            "--limit", "4", "--bootstrap", "100", "--json", str(out))
     assert code == 0, err
     res = json.loads(out.read_text())
-    assert res["paths_agree"] and res["cloud_miou"] > res["device_miou"] - 0.2
+    ds = open_dataset("synthetic", "val")
+    assert res["paths_agree"]
+    assert res["device_miou"] == pytest.approx(evaluate(load_checkpoint(dev).model, ds, batch_size=1, limit=4)["miou"], abs=1e-3)
+    assert res["cloud_miou"] == pytest.approx(evaluate(load_checkpoint(cloud).model, ds, batch_size=1, limit=4)["miou"], abs=1e-3)

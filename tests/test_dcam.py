@@ -160,32 +160,47 @@ def test_settings_follow_the_fitted_u_metadata():
     assert DcamSettings.from_meta({}) == DcamSettings()
 
 
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 10_000), reading=st.sampled_from(["pixels", "set"]))
-def test_fast_statistics_equal_the_device_fit_statistics(seed, reading):
-    """DCAM's eq. 5 sums must be the very statistics the device fits U with (device/uncertainty.frame_stats)."""
-    import torch
+def test_settings_refuse_what_no_fit_produces():
+    for bad in ({"stats": "median"}, {"feature": "logits"}, {"mode": "diagonal"}, {"lam": 1.5}, {"gamma": 0.0}):
+        with pytest.raises(ValueError):
+            DcamSettings(**bad)
+    s = DcamSettings.from_meta({"feature": "pixel", "kernel": {"sigma": 1.0}, "lambda": None})
+    assert (s.feature, s.lam) == ("pixel", 0.5)  # a kernel fit still blends the closed form; a null lambda keeps the default
 
-    from tandemseg.cloud.dcam import frame_statistics
-    from tandemseg.device.uncertainty import frame_stats
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), reading=st.sampled_from(["pixels", "set"]), feature=st.sampled_from(["probs", "entropy", "pixel"]),
+       lam=st.sampled_from([0.3, 0.5, 0.9]))
+def test_u_new_is_what_the_u_fit_makes_of_the_same_frame(seed, reading, feature, lam):
+    """DCAM's U_new (float32 sums, the caller's argmax, only the sums its feature needs) equals the closed form the
+    device's U fit (device/uncertainty.py: float64, every sum, pooled moments) makes of the same pseudo-labelled frame."""
+    import torch
+    from hypothesis import assume
+
+    from tandemseg.device import uncertainty as U
 
     rng = np.random.default_rng(seed)
     probs = rng.dirichlet(np.ones(C), size=(9, 7)).transpose(2, 0, 1).astype(np.float32)
-    label = rng.integers(0, C, (9, 7))
-    label[rng.random((9, 7)) < 0.2] = 255
-    valid = label != 255
-    fast = frame_statistics(probs, probs.argmax(0), label, valid)
-    ref = frame_stats(torch.from_numpy(probs), torch.from_numpy(label), 255)
-    assert (fast.n_pos, fast.n_neg) == (ref.n_pos, ref.n_neg)
-    for a, b in zip(fast.vectors(reading), ref.vectors(reading), strict=True):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert np.allclose(a, b, rtol=1e-5, atol=1e-9)
-    assert np.allclose(fast.q, ref.q, rtol=1e-6)
+    pseudo = rng.integers(0, C, (9, 7))
+    pseudo[rng.random((9, 7)) < 0.2] = 255
+    ref = U.frame_stats(torch.from_numpy(probs).double(), pseudo, 255)
+    assume(min(ref.n_pos, ref.n_neg) >= 2)  # the fit needs both sets; DCAM's zero moment for an empty one is tested below
+    s = DcamSettings(stats=reading, lam=lam, feature=feature, rescale=False)
+    ev = dcam_evidence(probs, pseudo, settings=s)
+    expected = U.closed_form_from_moments(*U.moments([ref], reading, feature), lam)
+    assert np.allclose(ev.u_new, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())  # float32 sums: error relative to U
+
+
+def test_an_empty_set_contributes_a_zero_moment():
+    pseudo = scene()
+    probs = one_hot(pseudo, confidence=0.9)  # the device agrees everywhere: no wrong pixels
+    for feature in ("probs", "pixel"):
+        ev = dcam_evidence(probs, pseudo, settings=DcamSettings(feature=feature, rescale=False))
+        assert (ev.u_new <= 0).all() and not ev.any_flagged  # only -(1 - lam) M+ / (2 gamma) remains
 
 
 def test_channel_argmax_matches_numpy_including_ties():
-    from tandemseg.cloud.dcam import channel_argmax
+    from tandemseg.uncertainty_stats import channel_argmax
 
     rng = np.random.default_rng(0)
     probs = rng.integers(0, 3, (C, 5, 6)).astype(np.float32)  # many ties

@@ -37,7 +37,7 @@ PATIENT = RetryPolicy(attempts=2, timeout_s=60.0, deadline_s=120.0)  # real serv
 def ok_reply(request: httpx.Request) -> httpx.Response:
     frame = int(request.headers[wire.H_FRAME])
     h, w = (int(v) for v in request.headers[wire.H_SIZE].split("x"))
-    headers, body = wire.encode_reply(CloudReply("dev1", frame, encode_label_png(np.zeros((h, w), np.uint8))))
+    headers, body = wire.encode_reply(CloudReply(frame, encode_label_png(np.zeros((h, w), np.uint8))))
     return httpx.Response(200, headers=headers, content=body)
 
 

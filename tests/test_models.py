@@ -32,10 +32,23 @@ def test_stage_outputs_match_feature_info(kind: str) -> None:
     scale = model.cfg.input_scale  # device: stages run on the downsampled frame
     with torch.no_grad():
         logits, feats = model.forward_intermediates(frame)
-    assert list(feats) == model.stage_names == [f["module"] for f in model.feature_info]
-    for info in model.feature_info:
+    assert len(feats) == len(model.feature_info) and model.stage_names == [f["module"] for f in model.feature_info]
+    for info, feat in zip(model.feature_info, feats, strict=True):
         expected = (2, info["num_chs"], int(H * scale) // info["reduction"], int(W * scale) // info["reduction"])
-        assert tuple(feats[info["module"]].shape) == expected, info
+        assert tuple(feat.shape) == expected, info
+
+
+@pytest.mark.parametrize("kind", ["device", "cloud"])
+def test_forward_intermediates_selects_and_stops_early(kind: str) -> None:
+    """timm's contract: `indices` picks stages; `stop_early` skips the rest and gives no logits."""
+    model = tiny(kind).eval()
+    frame = torch.rand(1, 3, H, W)
+    with torch.no_grad():
+        _, every = model.forward_intermediates(frame)
+        logits, picked = model.forward_intermediates(frame, indices=[1, 2], stop_early=True)
+    assert logits is None
+    for got, want in zip(picked, [every[1], every[2]], strict=True):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("kind", ["device", "cloud"])
@@ -92,7 +105,12 @@ def test_registry_rejects_unknown_kind_and_fields() -> None:
         build_model("device", {"widht": 3})
 
 
-def test_default_device_is_small() -> None:
-    """The README promises a device model under 1 M parameters."""
-    assert sum(p.numel() for p in build_model("device").parameters()) < 1_000_000
+def test_default_models_fit_their_budgets() -> None:
+    """Issue 9: the device (Lite0) has at most 4 M parameters; the cloud spends at least 8x its FLOPs per frame."""
+    from tandemseg.eval.profile import count_gflops
+
+    device, cloud = build_model("device").eval(), build_model("cloud").eval()
+    assert sum(p.numel() for p in device.parameters()) <= 4_000_000
+    ratio = count_gflops(cloud, (1, 3, 360, 480)) / count_gflops(device, (1, 3, 360, 480))
+    assert ratio >= 8.0, ratio
 

@@ -104,3 +104,23 @@ def test_registry_rejects_bad_names_and_missing_inputs() -> None:
         P.make_policy("oracle")
     with pytest.raises(SpecError, match="bad parameters"):
         P.make_policy("entropy", nonsense=1)
+
+
+@pytest.mark.parametrize("name", ["acdc", "acdc_ent", "entropy", "cema", "confidence", "random"])
+def test_scores_of_past_frames_ignore_future_frames(name: str) -> None:
+    """Scoring frame t reads frames <= t only: two streams equal up to t score alike up to t (running statistics,
+    CEMA's band and the random draw included); the changed future does change later scores."""
+    rng = np.random.default_rng(0)
+    ts = rng.uniform(0.0, 0.9, 60)
+    future = rng.uniform(0.0, 0.9, 30)
+    um = UncertaintyMatrix(np.diag([-1.0, 0.5, 1.0, 2.0]), C4)
+    params = {"warmup": 4, "batch": 2} if name == "cema" else ({"seed": 1} if name == "random" else {})
+
+    def stream(tail: np.ndarray) -> list[float]:
+        maps = [blended(t) for t in ts[:30]] + [blended(t).roll(3, dims=2) for t in tail]  # the future also moves
+        return scores(P.make_policy(name, um if name.startswith("acdc") else None, **params), maps)
+
+    a, b = stream(ts[30:]), stream(future)
+    assert a[:30] == b[:30]
+    if name != "random":
+        assert a[30:] != b[30:]

@@ -1,7 +1,7 @@
 """A short round trip through Ray Serve on a local Ray instance (marked `ray`; `.ci/run` runs it like every test).
 
-The Ray-free parts (SegmenterImpl, DeviceStatesImpl) are tested without Ray first, so a failure says which
-half broke; one test then starts Ray (1 CPU, no dashboard), deploys the app and talks HTTP to it.
+The Ray-free parts (SegmenterImpl, the shared DeviceStateStore) are tested without Ray first, so a failure says
+which half broke; one test then starts Ray (1 CPU, no dashboard), deploys the app and talks HTTP to it.
 """
 
 from __future__ import annotations
@@ -13,24 +13,28 @@ import numpy as np
 import pytest
 from _service_helpers import TOK1, TOKENS, C, save_tiny, upload
 
-from tandemseg.cloud.dcam import DcamSettings, dcam_update
+from tandemseg.cloud.dcam import Dcam, DcamSettings, dcam_update
 from tandemseg.data.classes import CAMVID
 from tandemseg.wire.payload import decode_label_png, unpack_probs
 
 
 def test_split_dcam_matches_the_plain_service(tmp_path):
-    """Evidence on a replica + blend in the state owner == CloudService's own dcam_update."""
+    """Evidence on a replica + blend in the state owner == one dcam_update per frame (as the plain service does)."""
     pytest.importorskip("ray.serve")  # ray is the optional `ray` extra (installed by `make test` via dev)
-    from tandemseg.cloud.ray_app import DeviceStatesImpl, SegmenterImpl
+    from tandemseg.cloud.ray_app import SegmenterImpl
+    from tandemseg.cloud.states import DeviceStateStore
 
     ckpt = save_tiny(tmp_path / "cloud", "cloud")
-    seg = SegmenterImpl(str(ckpt), True, DcamSettings())
-    states = DeviceStatesImpl(C, 0.5, DcamSettings(), np.eye(C))
+    settings = DcamSettings(stats="set", lam=0.7)
+    dcam = Dcam(0.5, settings)
+    seg = SegmenterImpl(str(ckpt), dcam)
+    states = DeviceStateStore(C, np.eye(C), dcam)
     reqs = [upload("dev1", i, seed=i) for i in range(3)]
     u = np.eye(C)
     for req, (reply, evidence) in zip(reqs, seg.segment(reqs), strict=True):
-        got, version = states.apply("dev1", 0, evidence)
-        u, _ = dcam_update(u, unpack_probs(req.device_probs, req.device_probs_shape), decode_label_png(reply.label_png), 0.5)
+        got, version = states.record("dev1", 0, evidence)
+        u, _ = dcam_update(u, unpack_probs(req.device_probs, req.device_probs_shape), decode_label_png(reply.label_png), 0.5,
+                           settings=settings)
         assert got is not None and np.allclose(got, u, atol=1e-6)
     assert states.get("dev1")["frames"] == 3 and states.get("dev2")["u_version"] == 0
     bad = upload("dev1", 9)

@@ -87,7 +87,7 @@ def test_reply_without_probs_carries_no_new_u_when_device_is_current(server):
     state = client.get("/v1/devices/dev1/state", headers={"Authorization": f"Bearer {TOK1}"}).json()
     req = upload("dev1", 2, probs=False)
     req.u_version = state["u_version"]  # the device already holds the newest U
-    reply = wire.decode_reply(*_hb(post(client, req)), "dev1", 2)
+    reply = wire.decode_reply(*_hb(post(client, req)), 2)
     assert reply.u_matrix is None and reply.u_version == state["u_version"]
 
 
@@ -197,7 +197,7 @@ class SlowService:
         self.batches.append(len(requests))
         from tandemseg.wire.payload import encode_label_png
 
-        return [CloudReply(r.device_id, r.frame_id, encode_label_png(np.zeros((r.height, r.width), np.uint8))) for r in requests]
+        return [CloudReply(r.frame_id, encode_label_png(np.zeros((r.height, r.width), np.uint8))) for r in requests]
 
     def device_state(self, device_id: str) -> dict:
         return {"device_id": device_id, "u_version": 0, "u": None}

@@ -260,3 +260,18 @@ def test_pixel_moments_are_the_masked_sums_of_p_p_transpose(tmp_path) -> None:
     np.testing.assert_allclose(back.pp_neg, st.pp_neg)
     with pytest.raises(U.UncertaintyError, match="pixel second moments"):
         U.FrameStats(st.q, st.s_pos, st.s_neg, st.n_pos, st.n_neg).score_vector("pixel")
+
+
+def test_frame_stats_options_leave_out_only_what_they_name() -> None:
+    """DCAM asks the shared frame_stats for the probability sums only; what it gets equals the full statistics."""
+    g = torch.Generator().manual_seed(4)
+    probs = torch.rand(4, 6, 5, generator=g).mul(3).softmax(0)
+    label = torch.randint(0, 4, (6, 5), generator=g)
+    full = U.frame_stats(probs, label, 255)
+    lean = U.frame_stats(probs, label.numpy(), 255, pred=probs.argmax(0).numpy(), entropy=False, pixel_moments=False)
+    assert lean.q_e is None and lean.s_pos_e is None and lean.pp is None and lean.pp_pos is None
+    assert (lean.n_pos, lean.n_neg) == (full.n_pos, full.n_neg)
+    for a, b in ((lean.q, full.q), (lean.s_pos, full.s_pos), (lean.s_neg, full.s_neg)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(U.UncertaintyError, match="pixel second moments"):
+        lean.pixel_sums()

@@ -15,6 +15,7 @@ from tandemseg.cli import data as data_cli
 from tandemseg.cli import demo as demo_cli
 from tandemseg.cli import models as models_cli
 from tandemseg.cli import offload as offload_cli
+from tandemseg.cli import report as report_cli
 from tandemseg.cli import service as service_cli
 from tandemseg.cli.common import fixed_mmap_threshold
 from tandemseg.errors import TandemsegError
@@ -25,12 +26,14 @@ app.command("train", help="Train a device or cloud segmenter.")(models_cli.train
 app.command("eval", help="Evaluate a checkpoint on a dataset split, clean or shifted.")(models_cli.eval_cmd)
 app.command("fit-uncertainty", help="Fit the ACDC uncertainty matrix U on a device model's outputs.")(offload_cli.fit_uncertainty)
 app.command("collab", help="Collaborative evaluation: device + cloud on selected frames; policies, budgets, sweeps.")(offload_cli.collab)
-app.add_typer(bench_cli.app, name="bench", help="Benchmark models (params, FLOPs, latency, memory) and the data pipeline.")
+app.add_typer(bench_cli.app, name="bench", help="Benchmark models (params, FLOPs, latency, memory), the data pipeline and payloads.")
+bench_cli.app.command("payload", help="Bytes per frame on the wire: frame codecs, DCAM's device probabilities, label maps.")(service_cli.payload)
 app.command("export-onnx", help="Export a checkpoint to ONNX and check parity with PyTorch.")(bench_cli.export_onnx_cmd)
 app.command("demo", help="Run the whole edge-cloud job on the embedded synthetic scenes.")(demo_cli.demo)
 app.command("serve", help="Serve the cloud model over HTTP (FastAPI + uvicorn, or Ray Serve with --ray).")(service_cli.serve)
 app.command("device", help="Stream frames through the device runtime with the HTTP link to a server.")(service_cli.device)
 app.command("loadtest", help="Simulate K concurrent devices against a server: throughput, latency, errors.")(service_cli.loadtest)
+app.add_typer(report_cli.app, name="report", help="Rebuild the Markdown tables of docs/results/ from the JSON results.")
 
 
 def main() -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -19,32 +17,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from tandemseg import jsonio
+
 console = Console(stderr=True)
 out = Console()
 T = TypeVar("T")
 
 
-def _clean(obj: Any) -> Any:
-    """Make numbers JSON-safe (NaN/inf -> None, numpy scalars -> Python)."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_json(path: Path | None, payload: dict) -> None:
-    """Write `payload` to `path` (parents created) when the user asked for --json."""
+    """Write `payload` to `path` (parents created, NaN -> null: jsonio) when the user asked for --json."""
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(payload), indent=2) + "\n")
-    console.print(f"[dim]wrote {path}[/dim]")
+    console.print(f"[dim]wrote {jsonio.write_json(path, payload)}[/dim]")
 
 
 def progress() -> Progress:

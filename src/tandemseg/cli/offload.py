@@ -5,14 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import typer
 from rich.table import Table
 
-from tandemseg.cli.common import console, metrics_table, out, progress, write_json
+from tandemseg.cli.common import console, out, progress, write_json
 from tandemseg.cli.models import recipe_command
+from tandemseg.data.base import SegDataset
+from tandemseg.data.shifts.spec import parse_shift
+from tandemseg.data.shifts.stream import RepeatedSchedules
 from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import BudgetSpec, check_rate
 from tandemseg.device.policies import POLICIES
@@ -27,6 +31,7 @@ from tandemseg.device.uncertainty import (
 )
 from tandemseg.errors import SpecError, TandemsegError
 from tandemseg.eval import collab as C
+from tandemseg.eval.bootstrap import DEFAULT_RESAMPLES
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.wire.payload import parse_codec
 
@@ -152,18 +157,27 @@ def collab(
     policies: str = typer.Option(",".join(SWEEP_POLICIES), help="policies of a sweep"),
     dcam_alpha: float = typer.Option(0.0, help="DCAM update weight alpha (eq. 14); 0 = off"),
     send_device_probs: bool = typer.Option(False, help="upload the device's coarse probabilities too (DCAM needs them)"),
-    limit: int = typer.Option(None, help="first N frames only"),
+    limit: int = typer.Option(None, help="first N frames only (of each pass with --repeat-schedules)"),
     seed: int = typer.Option(0, help="seed of shifts and of the random policy"),
     cache_dir: Path = typer.Option(None, help="keep per-frame device/cloud results here and reuse them"),
     plot: Path = typer.Option(None, help="sweep: where to draw the curves (default: next to --json)"),
     threads: int = typer.Option(1, help="torch CPU threads (latencies are reported at this setting)"),
     json_path: Path = typer.Option(None, "--json", help="write the results here"),
+    # Annotated defaults: callers of this function in Python (cli/demo.py) get plain values for these
+    repeat_schedules: Annotated[int, typer.Option(
+        help="play the split K times back to back, pass j under --shift with seed --seed + j (a stream's order and every "
+             "frame's noise change); --limit applies per pass; intervals resample source frames")] = 1,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples of the stream's frames for the 95% intervals")] = DEFAULT_RESAMPLES,
+    bootstrap_seed: Annotated[int, typer.Option(help="seed of the bootstrap draws (the same draws serve every policy)")] = 0,
 ) -> None:
-    """Device on every frame, cloud on the frames the policy uploads; mIoU, oracle, gain captured, bytes, latency."""
+    """Device on every frame, cloud on the frames the policy uploads; mIoU with 95% intervals, the greedy oracle at the
+    target count, gain captured, bytes, latency."""
     set_threads(threads)
     # every input is checked before the (slow) per-frame pass starts
     parse_codec(codec)
     check_rate(rate)
+    if bootstrap < 1:
+        raise SpecError(f"--bootstrap must be >= 1 resample, got {bootstrap}")
     if not 0.0 <= dcam_alpha <= 1.0:
         raise SpecError(f"--dcam-alpha must be in [0, 1], got {dcam_alpha}")
     if controller not in ("window", "sa", "hindsight"):
@@ -177,7 +191,7 @@ def collab(
             raise SpecError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
     if not sweep and policy in U_POLICIES and uncertainty is None:
         raise SpecError(f"policy {policy!r} needs an uncertainty matrix: pass --uncertainty U.safetensors (from `tandemseg fit-uncertainty`)")
-    dataset = open_dataset(data, split, shift, seed=seed)
+    dataset, limit = open_stream(data, split, shift, seed, repeat_schedules, limit)
     dev = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=dataset.classes)
     cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
     um = UncertaintyMatrix.load(uncertainty, expect_classes=dataset.classes) if uncertainty else None
@@ -186,14 +200,15 @@ def collab(
         raise SpecError(f"--dcam-alpha needs a U fitted on plain probabilities (DCAM's U_new is); {uncertainty} uses feature {um.feature!r}")
     send = send_device_probs or dcam_alpha > 0
     cache = load_or_build_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir,
-                                {"data": data, "split": split, "shift": shift, "seed": seed, "device": C.checkpoint_identity(device_ckpt),
-                                 "cloud": C.checkpoint_identity(cloud_ckpt)})
+                                {"data": data, "split": split, "shift": shift, "seed": seed, "repeat_schedules": repeat_schedules,
+                                 "device": C.checkpoint_identity(device_ckpt), "cloud": C.checkpoint_identity(cloud_ckpt)})
     budget = BudgetSpec(rate=rate, mode=controller, bytes_per_s=bytes_per_s, fps=fps)
-    header = {"data": data, "split": split, "shift": shift, "codec": codec, "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt),
+    header = {"data": data, "split": split, "shift": shift, "repeat_schedules": repeat_schedules, "codec": codec,
+              "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt),
               "uncertainty": str(uncertainty) if uncertainty else None, "u_meta": um.meta if um else None,
               "dcam_alpha": dcam_alpha, "controller": controller, **C.cache_info(cache)}
     if sweep:
-        result = run_sweep(cache, rates, names, um, variants, budget, seed, dcam_alpha)
+        result = run_sweep(cache, rates, names, um, variants, budget, seed, dcam_alpha, bootstrap, bootstrap_seed)
         payload = {**header, **result}
         print_sweep(payload)
         plot_path = plot or (json_path.with_suffix(".png") if json_path else None)
@@ -205,24 +220,44 @@ def collab(
         write_json(json_path, payload)
         return
     run = C.PolicyRun(policy, budget, um, seed, dcam_alpha)
-    cached, cached_rep = C.run_cached(cache, run)
+    ev = C.Evaluation.of(cache, bootstrap, bootstrap_seed)
+    cached, cached_rep = C.run_cached(cache, run, ev.oracle)
     with progress() as bar:
         task = bar.add_task(f"runtime {policy}", total=cache.frames, info="")
         rt = C.run_runtime(dataset, cache, run, dev.model, cloud.model, codec, limit, send, on_frame=lambda: bar.advance(task))
     mask = rt.pop("mask")
-    metrics = C.selection_metrics(cache, mask)
+    # intervals from the runtime's decisions on the cached per-frame results (the same numbers when paths agree)
+    row, _ = ev.row([mask], run.target_rate(rt["controller"]))
     payload = {
-        **header, **metrics, "policy": policy, "target_rate": rt["controller"]["target_rate"],
-        "rate_error": metrics["upload_rate"] - rt["controller"]["target_rate"],
+        **header, **ev.header(), **row, "policy": policy,
         "collab_miou": rt["collab_miou"], "collab_miou_cached": cached["collab_miou"],
         "paths_agree": bool(np.array_equal(mask, cached_rep.mask) and abs(rt["collab_miou"] - cached["collab_miou"]) < 1e-12),
         **{k: v for k, v in rt.items() if k != "collab_miou"},
-        "cloud_gflops_per_frame_effective": (header["cloud_gflops"] or 0) * metrics["upload_rate"],
+        "cloud_gflops_per_frame_effective": (header["cloud_gflops"] or 0) * row["upload_rate"],
     }
     span = payload["oracle_miou"] - payload["device_miou"]
-    payload["gain_captured"] = (payload["collab_miou"] - payload["device_miou"]) / span if span > 1e-12 else None
+    payload["gain_over_device"] = payload["collab_miou"] - payload["device_miou"]
+    payload["gain_captured"] = payload["gain_over_device"] / span if span > 1e-12 else None
     print_single(payload)
     write_json(json_path, payload)
+
+
+def open_stream(data: str, split: str, shift: str, seed: int, repeats: int, limit: int | None) -> tuple[SegDataset, int | None]:
+    """The evaluation stream and the frame limit to apply to it.
+
+    repeats = 1: the split under `shift` (seed `seed`), first `limit` frames. repeats = K > 1: the split's first
+    `limit` frames played K times, pass j under `shift` with seed `seed + j` (RepeatedSchedules); the limit is
+    then already applied (None is returned for it).
+    """
+    if repeats < 1:
+        raise SpecError(f"--repeat-schedules must be >= 1, got {repeats}")
+    if repeats == 1:
+        return open_dataset(data, split, shift, seed=seed), limit
+    if parse_shift(shift) is None:
+        raise SpecError("--repeat-schedules plays the split under K seeded shift schedules; under 'clean' every pass "
+                        "would be the same frames (give --shift, e.g. stream:mixed/10)")
+    passes = [open_dataset(data, split, shift, seed=seed + j) for j in range(repeats)]
+    return RepeatedSchedules(passes, limit), None
 
 
 def parse_variants(items: list[str], classes) -> dict[str, UncertaintyMatrix]:
@@ -251,7 +286,8 @@ def load_or_build_cache(dataset, device_model, cloud_model, codec: str, limit, s
     return cache
 
 
-def run_sweep(cache, rates, names, um, variants, budget: BudgetSpec, seed: int, dcam_alpha: float) -> dict:
+def run_sweep(cache, rates, names, um, variants, budget: BudgetSpec, seed: int, dcam_alpha: float,
+              resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = 0) -> dict:
     runs, labels = [], []
     for r in rates:
         b = BudgetSpec(rate=r, mode=budget.mode)
@@ -263,21 +299,64 @@ def run_sweep(cache, rates, names, um, variants, budget: BudgetSpec, seed: int, 
         for vname, vu in variants.items():
             runs.append(C.PolicyRun("acdc", b, vu, seed, dcam_alpha))
             labels.append(f"acdc:{vname}")
-    result = C.sweep(cache, runs, labels)
+    result = C.sweep(cache, runs, labels, resamples=resamples, seed=bootstrap_seed)
     return {**result, "rates": rates}
 
 
+def pct_ci(value: float | None, ci: list[float] | None, signed: bool = False) -> str:
+    """'41.2 [39.8, 42.6]': a fraction as a percentage with its interval ('-' when undefined)."""
+    if value is None:
+        return "-"
+    fmt = "+.1f" if signed else ".1f"
+
+    def show(x: float) -> str:
+        return f"{round(100 * x, 1) + 0.0:{fmt}}"  # + 0.0: rounding noise of an exact zero prints as 0.0, not -0.0
+
+    return show(value) if ci is None else f"{show(value)} [{show(ci[0])}, {show(ci[1])}]"
+
+
 def print_sweep(payload: dict) -> None:
-    table = Table(title=f"device {payload['device_miou']:.4f}  cloud {payload['cloud_miou']:.4f}  ({payload['shift']})")
-    for col in ("policy", "target", "rate", "collab mIoU", "oracle", "gain captured", "B up/frame"):
+    b = payload["bootstrap"]
+    out.print(f"device {pct_ci(payload['device_miou'], payload['device_miou_ci'])}  cloud {pct_ci(payload['cloud_miou'], payload['cloud_miou_ci'])} "
+              f"mIoU % ({payload['shift']}, {b['frames']} frames from {b['source_frames']} source frames); "
+              f"[{100 * b['level']:.0f}% bootstrap intervals, {b['resamples']} paired resamples of source frames]")
+    baseline = next((x for x in C.DIFF_BASELINES if any(x in r.get("vs", {}) for r in payload["rows"])), None)
+    table = Table(title="collab mIoU at each target rate; oracle = greedy search at round(target x frames) uploads")
+    cols = ["policy", "target %", "achieved %", "collab mIoU %", *([f"minus {baseline}"] if baseline else []), "oracle %",
+            "gain captured %", "B up/frame"]
+    for col in cols:
         table.add_column(col, justify="right")
     for r in payload["rows"]:
-        table.add_row(r["policy"], f"{r['target_rate']:.2f}", f"{r['upload_rate']:.3f}", f"{r['collab_miou']:.4f}",
-                      f"{r['oracle_miou']:.4f}", _fmt(r["gain_captured"], 2), f"{r['bytes_up_per_frame']:.0f}")
+        vs = r.get("vs", {}).get(baseline) if baseline else None
+        cells = [r["policy"], f"{100 * r['target_rate']:.1f}", f"{100 * r['upload_rate']:.1f}", pct_ci(r["collab_miou"], r["collab_miou_ci"])]
+        if baseline:
+            cells.append(pct_ci(vs["collab_miou_delta"], vs["ci"], signed=True) if vs else "-")
+        cells += [pct_ci(r["oracle_miou"], None), pct_ci(r["gain_captured"], r["gain_captured_ci"]), f"{r['bytes_up_per_frame']:.0f}"]
+        table.add_row(*cells)
     out.print(table)
+    auc = payload["auc"]["policies"]
+    if auc:
+        lo, hi = payload["auc"]["span"]
+        table = Table(title=f"mean collab mIoU over target rates {100 * lo:.0f}-{100 * hi:.0f}% (trapezoid area / rate extent)")
+        for col in ("policy", "rates %", "AUC mIoU %", *(f"minus {x}" for x in C.DIFF_BASELINES)):
+            table.add_column(col, justify="right")
+        for name, a in auc.items():
+            diffs = [pct_ci(a["vs"][x]["auc_delta"], a["vs"][x]["ci"], signed=True) if x in a["vs"] else "-" for x in C.DIFF_BASELINES]
+            table.add_row(name, ",".join(f"{100 * r:g}" for r in a["rates"]), pct_ci(a["auc"], a["auc_ci"]), *diffs)
+        out.print(table)
 
 
 def print_single(p: dict) -> None:
-    keys = ("device_miou", "cloud_miou", "collab_miou", "oracle_miou", "gain_captured", "upload_rate", "bytes_up_per_frame",
-            "device_ms", "score_ms", "cloud_ms", "device_gflops", "cloud_gflops", "paths_agree")
-    out.print(metrics_table(f"{p['policy']} at target {p['target_rate']:.3f} ({p['shift']})", p, keys))
+    table = Table(title=f"{p['policy']} at target {100 * p['target_rate']:.1f}% ({p['shift']}); "
+                        f"{100 * p['bootstrap']['level']:.0f}% bootstrap intervals over {p['bootstrap']['source_frames']} source frames")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("device_miou", "cloud_miou", "collab_miou", "gain_over_device", "gain_captured"):
+        table.add_row(key + " %", pct_ci(p[key], p.get(f"{key}_ci"), signed=key.startswith("gain_over")))
+    table.add_row("oracle_miou % (greedy, target count)", pct_ci(p["oracle_miou"], p.get("oracle_miou_ci")))
+    table.add_row("upload rate % (achieved / target)", f"{100 * p['upload_rate']:.1f} / {100 * p['target_rate']:.1f}")
+    for key in ("bytes_up_per_frame", "device_ms", "score_ms", "cloud_ms", "device_gflops", "cloud_gflops"):
+        v = p.get(key)
+        table.add_row(key, "-" if v is None else f"{v:.4g}")
+    table.add_row("paths_agree", str(p["paths_agree"]))
+    out.print(table)

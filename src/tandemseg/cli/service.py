@@ -1,4 +1,5 @@
-"""`tandemseg serve`, `tandemseg device`, `tandemseg loadtest`: thin wrappers over cloud/, device/http_link.py, eval/."""
+"""`tandemseg serve`, `tandemseg device`, `tandemseg loadtest`, `tandemseg bench payload`: thin wrappers over cloud/,
+device/http_link.py and eval/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tandemseg.cli.common import console, metrics_table, out, progress, write_js
 from tandemseg.cloud.auth import TOKENS_ENV, TokenMap
 from tandemseg.cloud.batching import BatchConfig
 from tandemseg.errors import SpecError, TandemsegError
+from tandemseg.eval.payload_bytes import CODECS, payload_bytes
 from tandemseg.wire.http import WireLimits
 
 
@@ -56,8 +58,6 @@ def serve(
     log_level: str = typer.Option("warning", help="uvicorn log level"),
 ) -> None:
     """Serve the cloud model over HTTP: POST /v1/segment, GET /v1/health, /metrics, /docs (see docs/protocol.md)."""
-    import numpy as np
-
     from tandemseg.cloud.app import Limits
 
     if not 0.0 <= dcam_alpha <= 1.0:
@@ -66,9 +66,10 @@ def serve(
     limits = Limits(WireLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_side=max_side, max_pixels=max_side * max_side),
                     max_inflight_per_device=max_inflight_per_device)
     batching = BatchConfig(max_batch, max_wait_ms, max_queue, pipeline)
-    initial_u = _initial_u(uncertainty, cloud_ckpt)
+    initial_u, settings = initial_u_and_dcam_settings(uncertainty, cloud_ckpt)
     if ray:
-        _serve_ray(cloud_ckpt, token_map, limits, batching, dcam_alpha, initial_u, host, port, replicas, autoscale, replica_cpus, threads, ray_address)
+        _serve_ray(cloud_ckpt, token_map, limits, batching, dcam_alpha, initial_u, settings, host, port, replicas, autoscale,
+                   replica_cpus, threads, ray_address)
         return
     import torch
     import uvicorn
@@ -80,7 +81,7 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(cloud_ckpt, expect_kind="cloud")
-    service = CloudService(ck.model, ck.classes, dcam_alpha=dcam_alpha, initial_u=None if initial_u is None else np.asarray(initial_u))
+    service = CloudService(ck.model, ck.classes, dcam_alpha=dcam_alpha, initial_u=initial_u, dcam_settings=settings)
     if warmup:
         from tandemseg.cloud.app import warm_up
 
@@ -88,7 +89,7 @@ def serve(
         console.print(f"warm-up: batch sizes 1..{max_batch} at {h}x{w} took {warm_up(ck.model, h, w, max_batch):.1f} s")
     app = create_app(service, token_map, limits, batching)
     console.print(f"serving {cloud_ckpt} on http://{host}:{port} for devices {', '.join(token_map.devices)} "
-                  f"(batch <= {max_batch}, wait <= {max_wait_ms} ms, DCAM alpha {dcam_alpha}, torch threads {torch.get_num_threads()})")
+                  f"(batch <= {max_batch}, wait <= {max_wait_ms} ms, DCAM alpha {dcam_alpha} with {settings}, torch threads {torch.get_num_threads()})")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
@@ -99,24 +100,33 @@ def _parse_hw(text: str) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _initial_u(uncertainty: Path | None, cloud_ckpt: Path):
+def initial_u_and_dcam_settings(uncertainty: Path | None, cloud_ckpt: Path):
+    """(U every device starts from, DCAM settings): DCAM fits U_new as that U was fitted (its metadata:
+    eq. 5 reading, lambda, gamma, feature); without a U file, the fit's defaults."""
+    from tandemseg.cloud.dcam import DcamSettings
+
     if uncertainty is None:
-        return None
+        return None, DcamSettings()
     from tandemseg.data.classes import ClassTable
     from tandemseg.device.uncertainty import UncertaintyMatrix
     from tandemseg.models.checkpoint import read_card
 
     classes = ClassTable.from_json(read_card(cloud_ckpt)["classes"])
-    return UncertaintyMatrix.load(uncertainty, expect_classes=classes).u
+    um = UncertaintyMatrix.load(uncertainty, expect_classes=classes)
+    try:
+        return um.u, DcamSettings.from_meta(um.meta)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{uncertainty}: its fit settings cannot drive DCAM ({e}); refit it with `tandemseg fit-uncertainty`") from None
 
 
-def _serve_ray(ckpt, token_map, limits, batching, alpha, initial_u, host, port, replicas, autoscale, replica_cpus, threads, address) -> None:
+def _serve_ray(ckpt, token_map, limits, batching, alpha, initial_u, settings, host, port, replicas, autoscale, replica_cpus, threads,
+               address) -> None:
     from ray import serve as ray_serve
 
     from tandemseg.cloud.ray_app import RayOptions, build_ray_app, start_ray, stop_ray
 
     options = RayOptions(replicas, parse_autoscale(autoscale), replica_cpus, threads, batching)
-    app = build_ray_app(str(Path(ckpt).resolve()), token_map, limits, alpha, initial_u, options)
+    app = build_ray_app(str(Path(ckpt).resolve()), token_map, limits, alpha, initial_u, options, settings)
     start_ray(address, host, port)
     console.print(f"Ray Serve: {replicas if not autoscale else autoscale} segmenter replica(s) on http://{host}:{port}; Ctrl-C stops")
     try:
@@ -241,4 +251,27 @@ def loadtest(
     out.print(table)
     if result["errors"]:
         console.print(f"errors: {result['errors']}")
+    write_json(json_path, result)
+
+
+def payload(
+    data: str = typer.Option("synthetic", help="dataset spec"),
+    split: str = typer.Option("val", help="split whose first frames are encoded"),
+    device_ckpt: Path = typer.Option(..., help="device checkpoint folder (its probabilities and label map are the side payloads)"),
+    frames: int = typer.Option(20, min=1, help="frames to average over"),
+    codecs: str = typer.Option(",".join(CODECS), help="comma-separated frame codecs"),
+    json_path: Path = typer.Option(None, "--json", help="write the results here"),
+) -> None:
+    """Bytes per frame on the wire: each frame codec, the device probabilities DCAM needs, a label map, U."""
+    from tandemseg.data.spec import open_dataset
+    from tandemseg.models.checkpoint import load_checkpoint
+    from tandemseg.wire.payload import parse_codec
+
+    names = [str(parse_codec(c)) for c in codecs.split(",") if c.strip()]
+    dataset = open_dataset(data, split)
+    model = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=dataset.classes).model
+    result = payload_bytes(dataset, model, names, frames)
+    rows = {f"{c} bytes/frame": v["bytes_mean"] for c, v in result["codecs"].items()}
+    rows.update({"device probs bytes": result["device_probs_bytes_mean"], "label PNG bytes": result["label_png_bytes_mean"]})
+    out.print(metrics_table(f"bytes per frame, {result['frames']} frames of {data} {split}", rows, rows))
     write_json(json_path, result)

@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tandemseg.cloud.auth import TokenMap
 from tandemseg.cloud.batching import BatchConfig, MicroBatcher, Overloaded, ShuttingDown
 from tandemseg.errors import TandemsegError
+from tandemseg.jsonio import json_safe
 from tandemseg.wire import http as wire
 from tandemseg.wire.messages import PROTOCOL_VERSION, CloudReply, UploadRequest
 
@@ -138,19 +139,6 @@ def service_set_u(service: Any, device_id: str, u: np.ndarray, version: int) -> 
     return service_device_state(service, device_id) or {}
 
 
-def json_safe(obj: Any) -> Any:
-    """numpy arrays and scalars -> lists and Python numbers, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 # ---------------------------------------------------------------- the app
 
 
@@ -189,7 +177,8 @@ SEGMENT_OPENAPI = {
 def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batching: BatchConfig = BatchConfig()) -> FastAPI:
     """Build the HTTP app. `service` is a CloudService (batched here) or a ready `Backend`."""
     metrics = Metrics()
-    backend: Backend = service if hasattr(service, "segment") else BatchedBackend(service, batching, metrics)
+    # a plain service segments lists of uploads (`segment_batch`) and is batched here; a Backend takes one at a time
+    backend: Backend = BatchedBackend(service, batching, metrics) if hasattr(service, "segment_batch") else service
     inflight: dict[str, int] = {}  # device -> requests in flight, for the per-device 429 (app-local state)
 
     @asynccontextmanager
@@ -400,7 +389,7 @@ def warm_up(model: Any, height: int, width: int, max_batch: int) -> float:
     input shape, and a first request of each new batch size would otherwise stall the queue. Returns seconds."""
     import torch
 
-    from tandemseg.eval.evaluate import to_tensor
+    from tandemseg.data.tensors import to_tensor
 
     start = time.perf_counter()
     frame = np.zeros((height, width, 3), np.uint8)

@@ -9,7 +9,11 @@ For one uploaded frame the cloud's own prediction is the pseudo-label. The updat
    with M = (m 1^T + 1 m^T) > 0, the C x C mask of every row and column of a flagged class.
 
 The split matters for scale-out: step 1 runs on whichever replica segmented the frame; step 2 is a
-cheap C x C blend applied atomically where the per-device state lives (cloud/service.py, ray_app.py).
+cheap C x C blend applied atomically where the per-device state lives (cloud/states.py, one store for
+the FastAPI service and the Ray deployment). `Dcam` bundles both steps with their settings.
+
+U_new is fitted with the settings of the device's own U (`DcamSettings.from_meta(U.meta)`: eq. 5
+reading, lambda, gamma and feature) from the eq. 5 statistics that U fitting uses too (uncertainty_stats).
 
 Reading of eq. 13 (docs/methods/dcam.md has the argument): M_c = 1(y_pseudo != y_device) is a
 *class-level* indicator. Class c is flagged when, among the pixels that the pseudo-label or the device
@@ -22,13 +26,23 @@ sum_ij q_i q_j U_ij (eq. 9) reaches class c only through row c and column c (d u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from tandemseg.device.uncertainty import FrameStats, closed_form_from_moments, rescale_like
 from tandemseg.models.blocks import resize
+from tandemseg.uncertainty_stats import (
+    FEATURES,
+    STATS_READINGS,
+    FrameStats,
+    channel_argmax,
+    check_lam_gamma,
+    closed_form_from_moments,
+    frame_moments,
+    frame_stats,
+    rescale_like,
+)
 
 MASK_MODES = ("rows_cols", "outer")  # rows_cols: (m 1^T + 1 m^T) > 0 (default); outer: m m^T (ablation)
 
@@ -73,34 +87,14 @@ def matrix_mask(m: np.ndarray, mode: str = "rows_cols") -> np.ndarray:
     return (m[:, None] | m[None, :]) if mode == "rows_cols" else (m[:, None] & m[None, :])
 
 
-def frame_statistics(probs: np.ndarray, device_pred: np.ndarray, pseudo: np.ndarray, valid: np.ndarray) -> FrameStats:
-    """Eq. 5 sums of one frame with the pseudo-label as y: the same FrameStats as device/uncertainty.frame_stats.
+def closed_form_u_new(stats: FrameStats, settings: DcamSettings) -> np.ndarray:
+    """U_new of Alg. 2 line 4: eq. 19 (sign of eq. 18) from this frame's eq. 5 moments.
 
-    One (C, HW) x (HW, 3) product in torch (about 30x faster than masked elementwise passes at 360x480, and
-    it runs on torch's thread pool: numpy's BLAS would start its own threads next to torch's and, on a busy
-    server, spin against them; measured 66 ms vs 1.6 ms per frame). DCAM runs on every upload.
+    The same reading, feature and closed form the device's U was fitted with (uncertainty_stats), so
+    U_new and the fitted U are the same kind of object. An empty positive (negative) set contributes zero.
     """
-    c = probs.shape[0]
-    flat = torch.from_numpy(np.ascontiguousarray(probs)).reshape(c, -1)  # (C, HW)
-    correct = torch.from_numpy(((device_pred == pseudo) & valid).reshape(-1))
-    wrong = torch.from_numpy(valid.reshape(-1)) & ~correct
-    weights = torch.stack([torch.ones_like(correct), correct, wrong], 1).to(flat.dtype)  # (HW, 3)
-    sums = (flat @ weights).double().T.numpy()  # (3, C)
-    return FrameStats(q=sums[0] / flat.shape[1], s_pos=sums[1].copy(), s_neg=sums[2].copy(),
-                      n_pos=int(correct.sum()), n_neg=int(wrong.sum()))
-
-
-def closed_form_u_new(stats: FrameStats, reading: str = "pixels", lam: float = 0.5, gamma: float = 1.0) -> np.ndarray:
-    """U_new of Alg. 2 line 4: eq. 19 (sign of eq. 18) from this frame's eq. 5 vectors.
-
-    Uses the device's own eq. 5 reading and closed form (device/uncertainty.py) so that U_new and the
-    fitted U are the same kind of object. An empty positive (negative) set contributes a zero moment.
-    """
-    q_pos, q_neg = stats.vectors(reading)
-    zero = np.zeros((len(stats.q), len(stats.q)))
-    m_pos = np.outer(q_pos, q_pos) if q_pos is not None else zero
-    m_neg = np.outer(q_neg, q_neg) if q_neg is not None else zero
-    return closed_form_from_moments(m_pos, m_neg, lam, gamma)
+    m_pos, m_neg = frame_moments(stats, settings.stats, settings.feature)
+    return closed_form_from_moments(m_pos, m_neg, settings.lam, settings.gamma)
 
 
 def check_inputs(u: np.ndarray, device_probs: np.ndarray, pseudo_label: np.ndarray, alpha: float) -> None:
@@ -121,17 +115,32 @@ def check_inputs(u: np.ndarray, device_probs: np.ndarray, pseudo_label: np.ndarr
 class DcamSettings:
     """How U_new is fitted (must match how the device's U was fitted: UncertaintyMatrix.meta) and how eq. 13-14 read."""
 
-    stats: str = "pixels"  # eq. 5 reading (device/uncertainty.py STATS_READINGS)
+    stats: str = "pixels"  # eq. 5 reading (uncertainty_stats.STATS_READINGS)
     lam: float = 0.5  # eq. 6 lambda
     gamma: float = 1.0  # eq. 6 gamma
+    feature: str = "probs"  # what the fitted U scores (uncertainty_stats.FEATURES); U_new is built on the same
     min_disagreement: float = 0.0  # eq. 13: flag class c when 1 - IoU_c(device, pseudo) > this (0 = any pixel)
     mode: str = "rows_cols"  # eq. 14 mask: rows and columns of flagged classes | outer (m m^T)
     rescale: bool = True  # scale U_new to ||U||_F before blending (ranking by eq. 9 is scale-free; like with like)
 
+    def __post_init__(self) -> None:
+        # a server refuses bad settings when it starts, not on the first upload
+        if self.stats not in STATS_READINGS:
+            raise ValueError(f"unknown eq. 5 reading {self.stats!r}; valid: {', '.join(STATS_READINGS)}")
+        if self.feature not in FEATURES:
+            raise ValueError(f"unknown U feature {self.feature!r}; valid: {', '.join(FEATURES)}")
+        if self.mode not in MASK_MODES:
+            raise ValueError(f"unknown DCAM mask mode {self.mode!r}; valid: {', '.join(MASK_MODES)}")
+        check_lam_gamma(self.lam, self.gamma)
+
     @classmethod
     def from_meta(cls, meta: dict, **overrides) -> DcamSettings:
-        """Settings that follow a fitted U's metadata (UncertaintyMatrix.meta keys stats / lambda / gamma)."""
-        known = {key: meta[name] for name, key in (("stats", "stats"), ("lambda", "lam"), ("lam", "lam"), ("gamma", "gamma")) if name in meta}
+        """Settings that follow a fitted U's metadata (UncertaintyMatrix.meta keys stats / lambda / gamma / feature).
+
+        The kernel term of eq. 7-8 (meta "kernel") has no counterpart: U_new is the closed form (Alg. 2 line 4).
+        """
+        names = (("stats", "stats"), ("lambda", "lam"), ("lam", "lam"), ("gamma", "gamma"), ("feature", "feature"))
+        known = {key: meta[name] for name, key in names if meta.get(name) is not None}
         return cls(**{**known, **overrides})
 
 
@@ -143,18 +152,6 @@ def full_res_probs(device_probs: np.ndarray, size: tuple[int, int]) -> np.ndarra
     """
     t = torch.from_numpy(np.ascontiguousarray(device_probs, dtype=np.float32))[None]
     return resize(t, size)[0].numpy()
-
-
-def channel_argmax(probs: np.ndarray) -> np.ndarray:
-    """argmax over the class axis of (C, H, W), first maximum on ties (as np.argmax), in C contiguous passes
-    (6.7 ms at 11 x 360 x 480 on one core; torch's argmax(0) over the strided axis takes 24 ms)."""
-    best = probs[0].copy()
-    index = np.zeros(best.shape, dtype=np.int64)
-    for c in range(1, probs.shape[0]):
-        better = probs[c] > best
-        index[better] = c
-        np.maximum(best, probs[c], out=best)
-    return index
 
 
 def dcam_evidence(device_probs: np.ndarray, pseudo_label: np.ndarray, ignore_index: int = 255, settings: DcamSettings = DcamSettings()) -> DcamEvidence:
@@ -169,8 +166,9 @@ def dcam_evidence(device_probs: np.ndarray, pseudo_label: np.ndarray, ignore_ind
     valid = (pseudo != ignore_index) & (pseudo >= 0) & (pseudo < num_classes)
     device_pred = channel_argmax(probs)
     disagreement = class_disagreement(device_pred, pseudo, num_classes, valid)
-    stats = frame_statistics(probs, device_pred, pseudo, valid)
-    u_new = closed_form_u_new(stats, settings.stats, settings.lam, settings.gamma)
+    stats = frame_stats(probs, pseudo, ignore_index, pred=device_pred, entropy=settings.feature == "entropy",
+                        pixel_moments=settings.feature == "pixel", dtype=torch.float32)
+    u_new = closed_form_u_new(stats, settings)
     return DcamEvidence(class_mask(disagreement, settings.min_disagreement), u_new, disagreement)
 
 
@@ -199,3 +197,33 @@ def dcam_update(
     s = settings or DcamSettings()
     evidence = dcam_evidence(device_probs, pseudo_label, ignore_index, s)
     return dcam_blend(u, evidence, alpha, s.mode, s.rescale)
+
+
+@dataclass(frozen=True)
+class Dcam:
+    """DCAM as the cloud runs it: the evidence of each upload where the frame was segmented (stateless), and the
+    eq. 14 blend where the device's U lives (cloud/states.py). `alpha` = 0 turns it off."""
+
+    alpha: float = 0.0
+    settings: DcamSettings = field(default_factory=DcamSettings)
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"dcam_alpha must be in [0, 1] (eq. 14), got {self.alpha}")
+
+    @property
+    def on(self) -> bool:
+        return self.alpha > 0.0
+
+    def evidence(self, device_probs: np.ndarray | None, pseudo_label: np.ndarray) -> DcamEvidence | None:
+        """Alg. 2 lines 3-4 for one upload; None when DCAM is off or the upload carries no device probabilities."""
+        if not self.on or device_probs is None:
+            return None
+        return dcam_evidence(device_probs, pseudo_label, self.ignore_index, self.settings)
+
+    def blend(self, u: np.ndarray, evidence: DcamEvidence) -> tuple[np.ndarray, bool]:
+        """Alg. 2 line 5 (eq. 14) on the device's current U: (U', changed)."""
+        if evidence.u_new.shape != u.shape:
+            raise ValueError(f"DCAM evidence for {len(evidence.class_mask)} classes cannot update a U of shape {u.shape}")
+        return dcam_blend(u, evidence, self.alpha, self.settings.mode, self.settings.rescale)

@@ -3,10 +3,12 @@
 Three deployments, each a thin handler over plain code:
 
 * `Segmenter` (N replicas, or autoscaled): a plain `CloudService` with Ray Serve's own dynamic batching
-  (`@serve.batch`). It segments and computes each frame's DCAM evidence (class mask and U_new, eq. 13 and
-  5+19; `dcam.dcam_evidence`), which needs no per-device state, so any replica can take any frame.
-* `DeviceStates` (1 replica): every device's U and version; applies eq. 14 (`dcam.dcam_blend`)
-  atomically. One owner of the state keeps DCAM correct however many segmenter replicas run.
+  (`@serve.batch`). It runs the service's stateless `segment`: the label map and each frame's DCAM
+  evidence (class mask and U_new, eq. 13 and 5+19), which needs no per-device state, so any replica can
+  take any frame.
+* `DeviceStates` (1 replica): the same per-device store the single-process service uses
+  (cloud/states.py): every device's U and version, eq. 14 applied atomically. One owner of the state
+  keeps DCAM correct however many segmenter replicas run.
 * `Ingress`: the FastAPI app of cloud/app.py (auth, limits, wire format, metrics) over `RayBackend`.
 
 Pointing it at a real cluster: start Ray on the cluster (`ray start --head` on one node, `ray start
@@ -18,7 +20,6 @@ be readable on every node (shared storage), see docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +30,10 @@ from ray.serve.handle import DeploymentHandle
 from tandemseg.cloud.app import Limits, create_app
 from tandemseg.cloud.auth import TokenMap
 from tandemseg.cloud.batching import BatchConfig, Overloaded
-from tandemseg.cloud.dcam import DcamEvidence, DcamSettings, dcam_blend, dcam_evidence
+from tandemseg.cloud.dcam import Dcam, DcamEvidence, DcamSettings
+from tandemseg.cloud.states import DeviceStateStore
 from tandemseg.wire.http import WireError
 from tandemseg.wire.messages import CloudReply, UploadRequest
-from tandemseg.wire.payload import decode_label_png, unpack_probs
 
 
 @dataclass
@@ -47,9 +48,9 @@ class RayOptions:
 
 
 class SegmenterImpl:
-    """A CloudService (no DCAM state of its own) plus per-frame DCAM evidence; Ray-free, so it is testable alone."""
+    """A CloudService whose per-device state lives elsewhere (DeviceStates); Ray-free, so it is testable alone."""
 
-    def __init__(self, ckpt: str, dcam_on: bool, settings: DcamSettings, threads: int = 0) -> None:
+    def __init__(self, ckpt: str, dcam: Dcam, threads: int = 0) -> None:
         import torch
 
         from tandemseg.cloud.service import CloudService
@@ -58,74 +59,20 @@ class SegmenterImpl:
         if threads:
             torch.set_num_threads(threads)
         ck = load_checkpoint(ckpt, expect_kind="cloud")
-        self.service = CloudService(ck.model, ck.classes, dcam_alpha=0.0)  # eq. 14 runs in DeviceStates
-        self.dcam_on, self.settings = dcam_on, settings
+        self.service = CloudService(ck.model, ck.classes, dcam.alpha, dcam_settings=dcam.settings)
 
     def segment(self, requests: list[UploadRequest]) -> list[tuple[CloudReply, DcamEvidence | None] | Exception]:
         """One batched forward; if the batch fails, each frame alone, so a bad frame fails only itself."""
         try:
-            replies = self.service.segment_batch(requests)
+            return list(self.service.segment(requests))
         except Exception:  # noqa: BLE001 - isolated below
             return [self._one(r) for r in requests]
-        return [(reply, self._evidence(r, reply)) for r, reply in zip(requests, replies, strict=True)]
 
     def _one(self, request: UploadRequest) -> tuple[CloudReply, DcamEvidence | None] | Exception:
         try:
-            reply = self.service.segment_batch([request])[0]
-            return reply, self._evidence(request, reply)
+            return self.service.segment([request])[0]
         except Exception as e:  # noqa: BLE001 - returned to the one request that caused it
             return WireError(f"cannot process frame {request.frame_id}: {e}")
-
-    def _evidence(self, request: UploadRequest, reply: CloudReply) -> DcamEvidence | None:
-        if not self.dcam_on or request.device_probs is None or request.device_probs_shape is None:
-            return None
-        probs = unpack_probs(request.device_probs, request.device_probs_shape)
-        pseudo = decode_label_png(reply.label_png)
-        return dcam_evidence(probs, pseudo, self.service.classes.ignore_index, self.settings)
-
-
-class DeviceStatesImpl:
-    """Per-device U and version with the same semantics as CloudService's own state (cloud/service.py)."""
-
-    def __init__(self, num_classes: int, alpha: float, settings: DcamSettings, initial_u: np.ndarray | None) -> None:
-        self.num_classes, self.alpha, self.settings = num_classes, alpha, settings
-        self.initial_u = None if initial_u is None else np.asarray(initial_u, dtype=np.float64)
-        self._devices: dict[str, dict] = {}
-        self._lock = threading.Lock()
-
-    def _state(self, device_id: str) -> dict:
-        if device_id not in self._devices:
-            u = None if self.initial_u is None else self.initial_u.copy()
-            self._devices[device_id] = {"u": u, "version": 0, "frames": 0, "updates": 0}
-        return self._devices[device_id]
-
-    def apply(self, device_id: str, device_u_version: int, evidence: DcamEvidence | None) -> tuple[np.ndarray | None, int]:
-        """Eq. 14 for one frame; returns (U, version) when the device's copy is stale, else (None, version)."""
-        with self._lock:
-            s = self._state(device_id)
-            s["frames"] += 1
-            if evidence is not None and s["u"] is not None and self.alpha > 0:
-                new_u, changed = dcam_blend(s["u"], evidence, self.alpha, self.settings.mode, self.settings.rescale)
-                if changed:
-                    s["u"], s["version"], s["updates"] = new_u, s["version"] + 1, s["updates"] + 1
-            if s["u"] is not None and s["version"] > device_u_version:
-                return s["u"].astype(np.float32), s["version"]
-            return None, s["version"]
-
-    def get(self, device_id: str) -> dict:
-        with self._lock:
-            s = self._state(device_id)
-            return {"device_id": device_id, "u_version": s["version"], "frames": s["frames"], "dcam_updates": s["updates"],
-                    "u": None if s["u"] is None else s["u"].tolist()}
-
-    def set(self, device_id: str, u: np.ndarray, version: int) -> dict:
-        u = np.asarray(u, dtype=np.float64)
-        if u.shape != (self.num_classes, self.num_classes) or not np.isfinite(u).all():
-            raise ValueError(f"U must be a finite ({self.num_classes}, {self.num_classes}) matrix")
-        with self._lock:
-            s = self._state(device_id)
-            s["u"], s["version"] = u.copy(), int(version)
-        return self.get(device_id)
 
 
 class RayBackend:
@@ -151,7 +98,7 @@ class RayBackend:
         if isinstance(result, Exception):
             raise result
         reply, evidence = result
-        u, version = await self.states.apply.remote(request.device_id, request.u_version, evidence)
+        u, version = await self.states.record.remote(request.device_id, request.u_version, evidence)
         reply.u_matrix, reply.u_version = u, version
         return reply
 
@@ -166,14 +113,14 @@ class RayBackend:
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
-class DeviceStates(DeviceStatesImpl):
+class DeviceStates(DeviceStateStore):
     pass
 
 
 @serve.deployment
 class Segmenter:
-    def __init__(self, ckpt: str, dcam_on: bool, settings: DcamSettings, threads: int, batching: BatchConfig) -> None:
-        self.impl = SegmenterImpl(ckpt, dcam_on, settings, threads)
+    def __init__(self, ckpt: str, dcam: Dcam, threads: int, batching: BatchConfig) -> None:
+        self.impl = SegmenterImpl(ckpt, dcam, threads)
         self.segment_batch.set_max_batch_size(batching.max_batch)  # Ray's batching, configured like ours
         self.segment_batch.set_batch_wait_timeout_s(batching.max_wait_ms / 1000.0)
 
@@ -200,19 +147,24 @@ def build_ray_app(
     ckpt: str, tokens: TokenMap, limits: Limits, alpha: float, initial_u: np.ndarray | None, options: RayOptions,
     settings: DcamSettings = DcamSettings(),
 ):
-    """The Serve application graph: Ingress -> (Segmenter x N, DeviceStates x 1)."""
+    """The Serve application graph: Ingress -> (Segmenter x N, DeviceStates x 1).
+
+    `settings` should follow the fitted U's metadata (DcamSettings.from_meta), as `tandemseg serve` does.
+    """
     from tandemseg.data.classes import ClassTable
     from tandemseg.models.checkpoint import read_card
 
-    num_classes = ClassTable.from_json(read_card(ckpt)["classes"]).num_classes  # fail early, before Ray starts replicas
+    classes = ClassTable.from_json(read_card(ckpt)["classes"])  # fail early, before Ray starts replicas
+    num_classes = classes.num_classes
+    dcam = Dcam(alpha, settings, classes.ignore_index)
     seg_opts: dict = {"ray_actor_options": {"num_cpus": options.replica_cpus}, "max_queued_requests": options.batching.max_queue}
     if options.autoscale:
         lo, hi = options.autoscale
         seg_opts["autoscaling_config"] = {"min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": options.batching.max_batch}
     else:
         seg_opts["num_replicas"] = options.replicas
-    segmenter = Segmenter.options(**seg_opts).bind(ckpt, alpha > 0, settings, options.threads, options.batching)
-    states = DeviceStates.bind(num_classes, alpha, settings, initial_u)
+    segmenter = Segmenter.options(**seg_opts).bind(ckpt, dcam, options.threads, options.batching)
+    states = DeviceStates.bind(num_classes, initial_u, dcam)
     return Ingress.bind(segmenter, states, num_classes, tokens, limits)
 
 

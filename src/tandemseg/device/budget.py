@@ -14,6 +14,11 @@ Causal: the decision for frame t uses the scores of frames < t and of frame t it
   so the balance may dip below zero by at most one payload) caps what is sent, and an inner window
   controller targets the rate the budget affords, r = (bytes_per_s / fps) / (running mean payload size),
   scaled by (0.5 + bucket fill) so budget that would overflow the bucket is spent rather than lost.
+  The payload estimate is a fixed prior, `PRIOR_UPLOAD_BYTES`, until the first upload is measured, then
+  the mean of the measured sizes, turning into an exponential average (weight `size_decay`) once there
+  are 1 / size_decay of them: only sizes of uploads actually sent, never the stream's sizes known in
+  advance, so the in-process evaluation and the HTTP device start from the same state
+  (`make_controller` takes the spec alone).
 * `FixedSelection`: uploads exactly a given set of frame ids (replays the offline oracle's choice).
 
 Scores of -inf are never uploaded (a policy's veto, e.g. CEMA's band).
@@ -30,6 +35,13 @@ import numpy as np
 
 from tandemseg.errors import SpecError
 
+# The bytes budget's first guess of an upload's size, before any upload has been measured: a prior fixed in
+# advance, not fitted to any stream. Deliberately small (10 kB; a 360x480 frame is 300-500 kB as PNG, tens of
+# kB as JPEG): the estimate moves only when an upload is measured (the first measurement replaces the prior), so
+# a prior ABOVE the real sizes would make the budget look unaffordable and delay the first upload that corrects
+# it, while one below them costs at most one oversized payload, which the token bucket then pays back (an
+# upload needs a positive balance). A deployment that knows better passes BudgetSpec(params={"initial_bytes": ...}).
+PRIOR_UPLOAD_BYTES = 10_000.0
 
 @dataclass
 class ControllerStats:
@@ -152,7 +164,7 @@ class ByteBudgetController(Controller):
     """Token bucket on real payload bytes at `fps` frames/s, with an inner rate controller (see module docstring)."""
 
     def __init__(
-        self, bytes_per_s: float, fps: float, burst_s: float = 5.0, initial_bytes: float = 100_000.0,
+        self, bytes_per_s: float, fps: float, burst_s: float = 5.0, initial_bytes: float = PRIOR_UPLOAD_BYTES,
         window: int = 50, size_decay: float = 0.2,
     ) -> None:
         super().__init__()
@@ -163,6 +175,7 @@ class ByteBudgetController(Controller):
         self.tokens = self.capacity
         self.expected_bytes = float(initial_bytes)
         self.size_decay = size_decay
+        self.measured = 0  # uploads whose real size has been charged
         self.inner = WindowController(self.affordable_rate(), window, horizon=math.inf)
 
     def affordable_rate(self) -> float:
@@ -184,7 +197,9 @@ class ByteBudgetController(Controller):
     def charge(self, nbytes: int) -> None:
         super().charge(nbytes)
         self.tokens -= nbytes
-        self.expected_bytes += self.size_decay * (nbytes - self.expected_bytes)
+        # running mean of the measured sizes (the prior drops out at the first), an exponential average later
+        self.measured += 1
+        self.expected_bytes += max(1.0 / self.measured, self.size_decay) * (nbytes - self.expected_bytes)
 
     def summary(self) -> dict:
         return {**super().summary(), "bytes_per_frame_budget": self.per_frame, "expected_bytes": self.expected_bytes}
@@ -220,10 +235,11 @@ class BudgetSpec:
 CONTROLLERS = {"window": WindowController, "sa": SAController}
 
 
-def make_controller(spec: BudgetSpec, initial_bytes: float | None = None) -> Controller:
-    """A fresh controller for one stream."""
+def make_controller(spec: BudgetSpec) -> Controller:
+    """A fresh controller for one stream, from the spec alone (the same in every path: nothing about the
+    stream is known before its frames arrive; a bytes budget starts from PRIOR_UPLOAD_BYTES)."""
     if spec.bytes_per_s is not None:
-        return ByteBudgetController(spec.bytes_per_s, spec.fps, initial_bytes=initial_bytes or 100_000.0, **spec.params)
+        return ByteBudgetController(spec.bytes_per_s, spec.fps, **spec.params)
     if spec.mode not in CONTROLLERS:
         raise SpecError(f"unknown controller {spec.mode!r}; valid: {', '.join(CONTROLLERS)}")
     if spec.rate is None:

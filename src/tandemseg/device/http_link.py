@@ -203,7 +203,7 @@ class HttpLink:
 
     def _accept(self, response: httpx.Response, request: UploadRequest, submitted: float) -> CloudReply:
         try:
-            reply = wire.decode_reply(response.headers, response.content, request.device_id, request.frame_id)
+            reply = wire.decode_reply(response.headers, response.content, request.frame_id)
         except wire.WireError as e:
             self.stats.fail("bad_reply")
             raise LinkError("bad_reply", str(e)) from None

@@ -1,18 +1,16 @@
 """The one small interface between the device runtime and the cloud: submit an upload, get a future.
 
-`InProcessLink` calls a `CloudService` in the same process (offline experiments); the HTTP link
-(device/http_link.py) posts to a running server. The device runtime cannot tell them apart.
+`InProcessLink` calls a cloud service (cloud/service.py `CloudService`) in the same process (offline
+experiments); the HTTP link (device/http_link.py) posts to a running server. The device runtime cannot
+tell them apart, and the device side knows the cloud only through the wire messages.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tandemseg.wire.messages import CloudReply, UploadRequest
-
-if TYPE_CHECKING:
-    from tandemseg.cloud.service import CloudService
 
 
 class CloudLink(Protocol):
@@ -23,6 +21,12 @@ class CloudLink(Protocol):
     def close(self) -> None: ...
 
 
+class SegmentsUploads(Protocol):
+    """What the in-process link needs of the cloud: a batch of uploads in, a reply per upload out."""
+
+    def segment_batch(self, requests: list[UploadRequest]) -> list[CloudReply]: ...
+
+
 class InProcessLink:
     """A CloudLink that calls a `CloudService` in this process (offline experiments).
 
@@ -31,7 +35,7 @@ class InProcessLink:
     instead, which lets the device go on while the cloud computes (as over a network).
     """
 
-    def __init__(self, service: CloudService, threaded: bool = False) -> None:
+    def __init__(self, service: SegmentsUploads, threaded: bool = False) -> None:
         self.service = service
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloud") if threaded else None
 

@@ -11,7 +11,7 @@ knows each frame's cloud gain in advance and is therefore not causal (evaluation
     confidence  MESS eq. 7-9: 1 - (fraction of pixels whose edge-smoothed top-1 probability >= th)
     random      a seeded uniform draw
     all / none  always / never upload
-    oracle      the frame's known gain in mIoU from the cloud's prediction (offline upper bound)
+    oracle      the frame's known gain in mIoU from the cloud's prediction (offline reference; collab replays the greedy oracle's choice)
 
 Policies are fresh objects per stream (cema keeps running statistics); the registry is a plain dict.
 """

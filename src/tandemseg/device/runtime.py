@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tandemseg.data.tensors import to_tensor
 from tandemseg.device.budget import Controller
 from tandemseg.device.link import CloudLink
 from tandemseg.device.policies import FrameObservation, Policy
 from tandemseg.device.uncertainty import UncertaintyMatrix
 from tandemseg.errors import DataError
-from tandemseg.eval.evaluate import to_tensor
 from tandemseg.models.blocks import resize
 from tandemseg.wire.messages import UploadRequest
 from tandemseg.wire.payload import decode_label_png, encode_frame, pack_probs, parse_codec

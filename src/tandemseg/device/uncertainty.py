@@ -38,21 +38,24 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from tandemseg.data.classes import ClassTable
-from tandemseg.errors import TandemsegError
+from tandemseg.data.tensors import to_tensor
+from tandemseg.jsonio import json_safe
 from tandemseg.models.blocks import resize
+from tandemseg.uncertainty_stats import (  # eq. 5 statistics and eq. 19, shared with DCAM (cloud/dcam.py)
+    FEATURES,
+    STATS_READINGS,
+    FrameStats,
+    UncertaintyError,
+    check_lam_gamma,
+    closed_form_from_moments,
+    frame_stats,
+    pixel_entropy,
+    rescale_like,
+    second_moment,
+)
 
-STATS_READINGS = ("pixels", "set")
-# What q(x) and the eq. 5 vectors are made of: the class probabilities p (the paper), or the
-# entropy-weighted probabilities E * p (class mass weighted by each pixel's eq. 11 uncertainty).
-# "pixel": eq. 9 applied per pixel and averaged (the module docstring says why).
-FEATURES = ("probs", "entropy", "pixel")
 FILE_FORMAT = "tandemseg-uncertainty"
 FILE_VERSION = 1
-MIN_SET_FRACTION = 0.01  # stats="set": a frame's negative (positive) vector needs >= 1% of its pixels in the set
-
-
-class UncertaintyError(TandemsegError):
-    """An uncertainty-matrix file is missing, corrupt, or does not fit the model's classes."""
 
 
 # ----------------------------------------------------------------------------- pixel level (eq. 11-12)
@@ -66,11 +69,6 @@ def softmax_probs(logits: torch.Tensor) -> torch.Tensor:
 def mean_probs(probs: torch.Tensor) -> torch.Tensor:
     """q(x): pixel-averaged class probabilities, (N, C, h, w) -> (N, C) (the input of eq. 9)."""
     return probs.flatten(2).mean(2)
-
-
-def pixel_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Eq. 11: E = -sum_k p_k log p_k over dim 1, (N, C, H, W) -> (N, H, W), in nats."""
-    return -(probs * probs.clamp_min(1e-12).log()).sum(1)
 
 
 def entropy_weighted_mean(probs: torch.Tensor) -> torch.Tensor:
@@ -99,115 +97,10 @@ def entropy_mask(entropy: torch.Tensor, tau: float | None = None, top_percent: f
 # ----------------------------------------------------------------------------- eq. 5 statistics
 
 
-@dataclass
-class FrameStats:
-    """One frame's eq. 5 sums: s_pos/s_neg (C,) = summed probabilities over correct/wrong valid pixels;
-    the `_e` fields are the same sums of entropy-weighted probabilities E * p (feature "entropy")."""
-
-    q: np.ndarray  # (C,) q(x): mean probabilities over all pixels (what the score sees)
-    s_pos: np.ndarray  # (C,)
-    s_neg: np.ndarray  # (C,)
-    n_pos: int
-    n_neg: int
-    q_e: np.ndarray | None = None  # (C,) mean of E * p over the coarse map
-    s_pos_e: np.ndarray | None = None  # (C,)
-    s_neg_e: np.ndarray | None = None  # (C,)
-    pp: np.ndarray | None = None  # (C, C) S(x) = mean over the coarse map of p p^T (feature "pixel")
-    pp_pos: np.ndarray | None = None  # (C, C) sum of p p^T over correct valid pixels
-    pp_neg: np.ndarray | None = None  # (C, C) sum of p p^T over wrong valid pixels
-
-    @property
-    def n_valid(self) -> int:
-        return self.n_pos + self.n_neg
-
-    @property
-    def error_rate(self) -> float:
-        return self.n_neg / max(self.n_valid, 1)
-
-    def vectors(self, stats: str, feature: str = "probs") -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(q+, q-) under the chosen reading of eq. 5; None where the set is (nearly) empty."""
-        s_pos, s_neg = self.sums(feature)
-        if stats == "pixels":
-            n = max(self.n_valid, 1)
-            return (s_pos / n if self.n_pos else None), (s_neg / n if self.n_neg else None)
-        if stats == "set":
-            least = max(1, math.ceil(MIN_SET_FRACTION * self.n_valid))
-            qp = s_pos / self.n_pos if self.n_pos >= least else None
-            qn = s_neg / self.n_neg if self.n_neg >= least else None
-            return qp, qn
-        raise ValueError(f"unknown stats reading {stats!r}; valid: {', '.join(STATS_READINGS)}")
-
-    def sums(self, feature: str) -> tuple[np.ndarray, np.ndarray]:
-        if feature == "probs":
-            return self.s_pos, self.s_neg
-        if feature == "entropy":
-            if self.s_pos_e is None or self.s_neg_e is None:
-                raise UncertaintyError("these statistics carry no entropy-weighted sums; recompute them (fit-uncertainty without a stale --cache-dir)")
-            return self.s_pos_e, self.s_neg_e
-        raise ValueError(f"unknown feature {feature!r}; valid: {', '.join(FEATURES)}")
-
-    def score_vector(self, feature: str) -> np.ndarray:
-        """The q(x) the runtime scores with this feature: (C,), or S(x) (C, C) for feature "pixel"."""
-        if feature == "pixel":
-            if self.pp is None:
-                raise UncertaintyError("these statistics carry no pixel second moments; recompute them (fit-uncertainty without a stale --cache-dir)")
-            return self.pp
-        return self.q if feature == "probs" else self.q_e
-
-    @property
-    def mean_entropy(self) -> float | None:
-        """Mean pixel entropy of the coarse map (sum over classes of q_E), the `entropy` policy's score."""
-        return None if self.q_e is None else float(self.q_e.sum())
-
-
-def frame_stats(probs: torch.Tensor, label: torch.Tensor, ignore_index: int) -> FrameStats:
-    """Eq. 5 sums for one frame from its probabilities (C, H, W) at the label's resolution and label (H, W)."""
-    c = probs.shape[0]
-    flat = probs.reshape(c, -1).double()  # (C, HW)
-    lab = label.reshape(-1)
-    valid = (lab != ignore_index) & (lab >= 0) & (lab < c)
-    correct = (flat.argmax(0) == lab) & valid
-    wrong = valid & ~correct
-    ent = pixel_entropy(flat[None])[0]  # (HW,)
-    # Masked sums as matrix-vector products: no (C, HW) temporaries per mask (they fragment the heap).
-    weights = torch.stack([torch.ones_like(ent), correct.double(), wrong.double(), ent, ent * correct, ent * wrong], 1)  # (HW, 6)
-    sums = (flat @ weights).T.numpy().copy()  # (6, C)
-    n = flat.shape[1]
-    pp_all, pp_pos, pp_neg = _masked_outer_sums(flat, weights[:, 1], weights[:, 2])
-    return FrameStats(
-        q=sums[0] / n, s_pos=sums[1], s_neg=sums[2], n_pos=int(correct.sum()), n_neg=int(wrong.sum()),
-        q_e=sums[3] / n, s_pos_e=sums[4], s_neg_e=sums[5], pp=pp_all / n, pp_pos=pp_pos, pp_neg=pp_neg,
-    )
-
-
-def _masked_outer_sums(flat: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, chunk: int = 8192) -> tuple[np.ndarray, ...]:
-    """(sum_i p_i p_i^T, the same over pos-weighted pixels, over neg-weighted pixels), each (C, C), from flat (C, N).
-
-    In fixed-size chunks: whole-frame (C, N) temporaries of varying size fragment the heap (a fit over
-    thousands of frames then grows by tens of MB per frame); chunk-sized ones are reused.
-    """
-    c = flat.shape[0]
-    sums = torch.zeros(3, c, c, dtype=flat.dtype)
-    for a in range(0, flat.shape[1], chunk):
-        f = flat[:, a : a + chunk]  # (C, n) view
-        sums[0] += f @ f.T
-        sums[1] += (f * pos[a : a + chunk]) @ f.T
-        sums[2] += (f * neg[a : a + chunk]) @ f.T
-    return tuple(sums.numpy())
-
-
 def pixel_second_moment(probs: torch.Tensor) -> np.ndarray:
     """S(x) = mean over pixels of p p^T for (C, h, w) -> (C, C): the input of the per-pixel score (feature "pixel")."""
     flat = probs.reshape(probs.shape[0], -1).double()  # (C, hw)
     return (flat @ flat.T).div_(flat.shape[1]).numpy()
-
-
-def second_moment(qs: np.ndarray) -> np.ndarray:
-    """E[q q^T] over rows of (N, C) -> (C, C)."""
-    qs = np.atleast_2d(np.asarray(qs, dtype=np.float64))
-    if len(qs) == 0:
-        raise ValueError("no vectors to average: the fit data has no correct (or no wrong) pixels")
-    return qs.T @ qs / len(qs)
 
 
 def moments(stats_list: list[FrameStats], stats: str, feature: str = "probs") -> tuple[np.ndarray, np.ndarray]:
@@ -234,36 +127,22 @@ def moments(stats_list: list[FrameStats], stats: str, feature: str = "probs") ->
 
 
 def _pixel_moments(stats_list: list[FrameStats]) -> tuple[np.ndarray, np.ndarray]:
-    if any(s.pp_pos is None or s.pp_neg is None for s in stats_list):
-        raise UncertaintyError("these statistics carry no pixel second moments; recompute them (fit-uncertainty without a stale --cache-dir)")
+    pairs = [s.pixel_sums() for s in stats_list]
     n_pos, n_neg = sum(s.n_pos for s in stats_list), sum(s.n_neg for s in stats_list)
     if not n_pos or not n_neg:
         raise UncertaintyError(
             f"the fit data has {n_pos} correct and {n_neg} wrong pixels; both are needed. "
             "Fit on more frames or on shifted frames where the device makes mistakes (--shifts)."
         )
-    return sum(s.pp_pos for s in stats_list) / n_pos, sum(s.pp_neg for s in stats_list) / n_neg
+    return sum(p for p, _ in pairs) / n_pos, sum(n for _, n in pairs) / n_neg
 
 
 # ----------------------------------------------------------------------------- U: closed form and fit (eq. 6-8, 18-19)
 
 
-def closed_form_from_moments(m_pos: np.ndarray, m_neg: np.ndarray, lam: float = 0.5, gamma: float = 1.0) -> np.ndarray:
-    """Eq. 19 (sign from eq. 18): U = (lam M- - (1 - lam) M+) / (2 gamma)."""
-    check_lam_gamma(lam, gamma)
-    return (lam * np.asarray(m_neg, np.float64) - (1.0 - lam) * np.asarray(m_pos, np.float64)) / (2.0 * gamma)
-
-
 def closed_form_u(q_pos: np.ndarray, q_neg: np.ndarray, lam: float = 0.5, gamma: float = 1.0) -> np.ndarray:
-    """Eq. 19 from positive/negative vectors (N+, C), (N-, C) -> U (C, C). Used by DCAM (cloud/dcam.py) too."""
+    """Eq. 19 from positive/negative vectors (N+, C), (N-, C) -> U (C, C)."""
     return closed_form_from_moments(second_moment(q_pos), second_moment(q_neg), lam, gamma)
-
-
-def check_lam_gamma(lam: float, gamma: float) -> None:
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda must be in [0, 1] (eq. 6), got {lam}")
-    if not gamma > 0.0:
-        raise ValueError(f"gamma must be > 0 (eq. 6), got {gamma}")
 
 
 @dataclass(frozen=True)
@@ -409,7 +288,7 @@ class UncertaintyMatrix:
             "classes": json.dumps(self.classes.to_json()),
             "version": str(self.version),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in self.meta.items()},
+            **{k: (v if isinstance(v, str) else json.dumps(json_safe(v))) for k, v in self.meta.items()},
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
         save_file({"U": self.u.astype(np.float32)}, str(tmp), metadata=meta)
@@ -455,13 +334,6 @@ def _maybe_json(text: str):
         return text
 
 
-def rescale_like(u: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """U scaled to the Frobenius norm of `reference`. Ranking by eq. 9 is invariant to U's positive scale; a
-    common scale keeps DCAM's blend of U with a closed-form U_new (eq. 14) mixing like with like."""
-    n = np.linalg.norm(u)
-    return u if n == 0 else u * (np.linalg.norm(reference) / n)
-
-
 def upsampled_probs(coarse_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """p' of eq. 11: coarse logits (N, C, h, w) upsampled as the device model does (eq. 4), then softmax -> (N, C, H, W).
 
@@ -477,11 +349,9 @@ def upsampled_probs(coarse_logits: torch.Tensor, size: tuple[int, int]) -> torch
 def model_frame_stats(model: torch.nn.Module, image: np.ndarray, label: np.ndarray, ignore_index: int) -> FrameStats:
     """Eq. 5 sums of one labelled frame: correctness at full resolution (the device's real prediction),
     q(x) from the coarse map (what the runtime scores)."""
-    from tandemseg.eval.evaluate import to_tensor  # evaluation helpers stay out of the module's import path
-
     logits = model.forward_coarse(to_tensor([image]))  # (1, C, h, w)
     full = upsampled_probs(logits, label.shape)[0]  # (C, H, W)
-    st = frame_stats(full, torch.from_numpy(np.asarray(label)), ignore_index)
+    st = frame_stats(full, label, ignore_index)
     coarse = logits.float().softmax(1)  # (1, C, h, w)
     st.q = mean_probs(coarse)[0].double().numpy()
     st.q_e = entropy_weighted_mean(coarse)[0].double().numpy()

@@ -10,15 +10,24 @@ Two paths that must agree (tests/test_collab.py checks it):
   encoded bytes.
 
 mIoU is dataset-level (one confusion matrix over the stream). The final map of an uploaded frame is the
-cloud's prediction, otherwise the device's (fusion comes later). The oracle picks, at the same number
-of uploads, the frames whose cloud prediction raises the stream's mIoU most (greedy, then swap local
-search, started from every policy's own choice so it is an upper bound of each); it knows labels and
-the cloud's output and is not causal.
+cloud's prediction, otherwise the device's (fusion comes later).
+
+Policies are compared at the same TARGET rate r, in absolute terms: every row reports `collab_miou` and
+the achieved `upload_rate` next to r, and `auc` summarises a policy's curve over 2-30% target rates
+(eval/bootstrap.py). The reference is the greedy oracle at the target count k = round(r N): it picks
+the frames whose cloud predictions raise the stream's mIoU most (greedy forward selection, then swap
+local search), knows labels and the cloud's output, and is not causal. It is a search, not a proven
+optimum (tests compare it with exhaustive search up to k = 5), and it is never started from any policy's
+own selection, so it does not depend on which policies are compared. `gain_captured` =
+(collab - device) / (oracle at k - device): a policy that uploads fewer frames than asked is measured
+against the oracle at the count it was asked for. Every figure carries a 95% bootstrap interval over
+source frames, with the same draws for every policy (paired), so differences get their own intervals.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -32,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tandemseg.cloud.dcam import dcam_update
+from tandemseg.cloud.dcam import DcamSettings, dcam_update
 from tandemseg.cloud.service import CloudService
 from tandemseg.data.base import SegDataset
 from tandemseg.data.classes import ClassTable
@@ -41,13 +50,16 @@ from tandemseg.device.link import InProcessLink
 from tandemseg.device.policies import FrameObservation, Policy, make_policy
 from tandemseg.device.runtime import DeviceRuntime, run_device
 from tandemseg.device.uncertainty import UncertaintyMatrix
+from tandemseg.eval.bootstrap import AUC_SPAN, DEFAULT_RESAMPLES, Resamples, batched_miou, rate_auc
 from tandemseg.eval.metrics import ConfusionMatrix
 from tandemseg.wire.messages import UploadRequest
 from tandemseg.wire.payload import decode_label_png, encode_frame, pack_probs, parse_codec, unpack_probs
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-frame source index (groups) for the bootstrap
 HINDSIGHT = "hindsight"  # budget mode: per-stream top-k by score (non-causal), see replay_run
 RANDOM_SEEDS = 5  # the random policy is averaged over this many seeds in sweeps
+DIFF_BASELINES = ("random", "entropy")  # sweeps report every policy's paired difference to these
+ORACLE = "greedy: forward selection then swap local search, at round(target rate x frames) uploads; not seeded from any policy"
 
 
 # ----------------------------------------------------------------------------- per-frame cache
@@ -68,10 +80,16 @@ class CollabCache:
     cloud_ms: np.ndarray  # (N,)
     conditions: list[str]  # N shift conditions (streams vary per frame)
     info: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None  # (N,) source frame of each frame (repeated schedules); None: all distinct
 
     @property
     def frames(self) -> int:
         return len(self.probs)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """(N,) the bootstrap's resampling unit: the labelled frame each stream frame shows."""
+        return np.arange(self.frames) if self.groups is None else np.asarray(self.groups)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +97,7 @@ class CollabCache:
         np.savez(
             tmp, probs=_stack([p.numpy() for p in self.probs]), device_cm=self.device_cm, cloud_cm=self.cloud_cm,
             cloud_pred=_stack(self.cloud_pred), bytes_up=self.bytes_up, bytes_down=self.bytes_down,
-            device_ms=self.device_ms, cloud_ms=self.cloud_ms,
+            device_ms=self.device_ms, cloud_ms=self.cloud_ms, groups=self.sources,
             meta=np.array(json.dumps({"classes": self.classes.to_json(), "conditions": self.conditions, "info": self.info})),
         )
         tmp.replace(path)
@@ -91,6 +109,7 @@ class CollabCache:
         return cls(
             ClassTable.from_json(meta["classes"]), [torch.from_numpy(p) for p in z["probs"]], z["device_cm"], z["cloud_cm"],
             list(z["cloud_pred"]), z["bytes_up"], z["bytes_down"], z["device_ms"], z["cloud_ms"], meta["conditions"], meta["info"],
+            z["groups"] if "groups" in z else None,
         )
 
 
@@ -117,6 +136,12 @@ def condition_of(dataset: SegDataset, index: int) -> str:
     return "clean" if c is None else str(c)
 
 
+def source_of(dataset: SegDataset, index: int) -> int:
+    """The labelled frame frame `index` shows (RepeatedSchedules plays a split several times), else `index`."""
+    at = getattr(dataset, "source_index", None)
+    return index if at is None else int(at(index))
+
+
 def build_cache(
     dataset: SegDataset, device_model: nn.Module, cloud_model: nn.Module, codec: str = "png", limit: int | None = None,
     send_device_probs: bool = False, on_frame: Callable[[], None] | None = None,
@@ -126,7 +151,7 @@ def build_cache(
     service = CloudService(cloud_model, classes)
     codec_ = parse_codec(codec)
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    rows: dict[str, list] = {k: [] for k in ("probs", "dcm", "ccm", "cpred", "up", "down", "dms", "cms", "cond")}
+    rows: dict[str, list] = {k: [] for k in ("probs", "dcm", "ccm", "cpred", "up", "down", "dms", "cms", "cond", "src")}
     for i in range(n):
         s = dataset[i]
         out = run_device(device_model, s.image)
@@ -138,7 +163,7 @@ def build_cache(
         for key, value in (
             ("probs", out.probs), ("dcm", frame_cm(out.pred, s.label, classes)), ("ccm", frame_cm(cloud_pred, s.label, classes)),
             ("cpred", cloud_pred), ("up", req.bytes_up), ("down", reply.bytes_down), ("dms", out.device_ms),
-            ("cms", reply.cloud_ms), ("cond", condition_of(dataset, i)),
+            ("cms", reply.cloud_ms), ("cond", condition_of(dataset, i)), ("src", source_of(dataset, i)),
         ):
             rows[key].append(value)
         if on_frame:
@@ -153,7 +178,7 @@ def build_cache(
     }
     return CollabCache(
         classes, rows["probs"], np.stack(rows["dcm"]), np.stack(rows["ccm"]), rows["cpred"], np.array(rows["up"]),
-        np.array(rows["down"]), np.array(rows["dms"]), np.array(rows["cms"]), rows["cond"], info,
+        np.array(rows["down"]), np.array(rows["dms"]), np.array(rows["cms"]), rows["cond"], info, np.array(rows["src"], dtype=np.int64),
     )
 
 
@@ -187,19 +212,14 @@ def miou_of(cm: np.ndarray) -> float:
     return m.miou()
 
 
-def batched_miou(cms: np.ndarray) -> np.ndarray:
-    """mIoU of each of K confusion matrices (K, C, C), vectorised for the oracle's search."""
-    tp = np.diagonal(cms, axis1=1, axis2=2).astype(np.float64)  # (K, C)
-    denom = cms.sum(1) + cms.sum(2) - tp  # (K, C)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
-    valid = np.isfinite(iou)
-    return np.where(valid.any(1), np.nansum(iou, 1) / np.maximum(valid.sum(1), 1), np.nan)
-
-
 def collab_cm(cache: CollabCache, mask: np.ndarray) -> np.ndarray:
     """Confusion matrix of the collaborative result: cloud on uploaded frames, device elsewhere."""
     return cache.device_cm[~mask].sum(0) + cache.cloud_cm[mask].sum(0)
+
+
+def collab_frame_cms(cache: CollabCache, mask: np.ndarray) -> np.ndarray:
+    """(N, C, C) per-frame confusion matrices of the collaborative result (the bootstrap resamples these)."""
+    return np.where(np.asarray(mask, bool)[:, None, None], cache.cloud_cm, cache.device_cm)
 
 
 def frame_gains(cache: CollabCache) -> np.ndarray:
@@ -209,28 +229,31 @@ def frame_gains(cache: CollabCache) -> np.ndarray:
     return batched_miou(base[None] + delta) - miou_of(base)
 
 
-def oracle_select(cache: CollabCache, k: int, starts: Sequence[np.ndarray] = (), max_passes: int = 20) -> np.ndarray:
-    """Offline upper bound: the k frames whose cloud predictions maximise the stream's mIoU.
+def target_count(rate: float, frames: int) -> int:
+    """k = round(rate * N): the number of uploads a target rate asks for on an N-frame stream."""
+    return int(round(rate * frames))
 
-    Greedy (each step adds the frame that raises mIoU most), then swap local search (replace a chosen frame
-    by an unchosen one while that helps), started from the greedy choice and from each of `starts`;
-    the best end point wins, so the oracle is never below any start at the same k.
+
+def greedy_oracle_select(cache: CollabCache, k: int, max_passes: int = 20) -> np.ndarray:
+    """The greedy oracle's k frames: a search for the k cloud predictions that raise the stream's mIoU most.
+
+    1. Greedy forward selection: k times, add the frame whose cloud prediction raises the stream's mIoU most.
+    2. Swap local search: replace a chosen frame by an unchosen one while that raises mIoU (at most
+       `max_passes` passes over the chosen frames).
+    Dataset-level mIoU is a mean of per-class ratios, not a sum over frames, so this is a heuristic: the best
+    subset may score higher (tests/test_oracle.py measures the gap against exhaustive search up to k = 5).
+    It reads labels and the cloud's output (not causal) and is never started from a policy's selection, so
+    the reference does not depend on the policies it is compared with.
     """
     n = cache.frames
     k = int(min(max(k, 0), n))
     delta = (cache.cloud_cm - cache.device_cm).astype(np.int64)  # (N, C, C)
     base = cache.device_cm.sum(0)
-    candidates = [_greedy(base, delta, k)] + [np.asarray(s, bool) for s in starts if int(np.sum(s)) == k]
-    best, best_miou = None, -np.inf
-    for start in candidates:
-        mask = _swap_search(base, delta, start.copy(), max_passes)
-        m = miou_of(base + delta[mask].sum(0))
-        if m > best_miou + 1e-15:
-            best, best_miou = mask, m
-    return best
+    return _swap_search(base, delta, _greedy(base, delta, k), max_passes)
 
 
 def _greedy(base: np.ndarray, delta: np.ndarray, k: int) -> np.ndarray:
+    """Forward selection: each step adds the frame with the largest mIoU after adding it (earliest on ties)."""
     mask = np.zeros(len(delta), dtype=bool)
     cm = base.copy()
     for _ in range(k):
@@ -243,6 +266,7 @@ def _greedy(base: np.ndarray, delta: np.ndarray, k: int) -> np.ndarray:
 
 
 def _swap_search(base: np.ndarray, delta: np.ndarray, mask: np.ndarray, max_passes: int) -> np.ndarray:
+    """1-swap hill climbing from `mask`: best exchange per chosen frame while it strictly raises mIoU."""
     if mask.all() or not mask.any():
         return mask
     cm = base + delta[mask].sum(0)
@@ -263,6 +287,24 @@ def _swap_search(base: np.ndarray, delta: np.ndarray, mask: np.ndarray, max_pass
     return mask
 
 
+class GreedyOracle:
+    """`greedy_oracle_select` memoised by k for one cache: every policy of a sweep at a target rate shares it."""
+
+    def __init__(self, cache: CollabCache) -> None:
+        self.cache = cache
+        self._masks: dict[int, np.ndarray] = {}
+
+    def mask(self, k: int) -> np.ndarray:
+        k = int(min(max(k, 0), self.cache.frames))
+        if k not in self._masks:
+            self._masks[k] = greedy_oracle_select(self.cache, k)
+        return self._masks[k].copy()
+
+    def at_rate(self, rate: float) -> np.ndarray:
+        """The oracle's choice at the target count round(rate * N)."""
+        return self.mask(target_count(rate, self.cache.frames))
+
+
 # ----------------------------------------------------------------------------- replaying a policy over the cache
 
 
@@ -272,6 +314,7 @@ class DcamConfig:
 
     alpha: float
     initial_u: np.ndarray  # what the cloud starts from for this device
+    settings: DcamSettings = field(default_factory=DcamSettings)  # U_new fitted as the device's U was (its metadata)
 
 
 @dataclass
@@ -284,7 +327,9 @@ class Replay:
 
 
 def replay(cache: CollabCache, policy: Policy, controller: Controller, dcam: DcamConfig | None = None) -> Replay:
-    """Run policy + controller over the cached frames in order, exactly as DeviceRuntime.process would."""
+    """Run policy + controller over the cached frames in order, exactly as DeviceRuntime.process would.
+
+    Causal as the runtime is: frame i's decision reads frames <= i only (tests/test_causality.py)."""
     n = cache.frames
     mask, scores, ms = np.zeros(n, bool), np.zeros(n), np.zeros(n)
     u_held = getattr(policy, "uncertainty", None)
@@ -301,7 +346,8 @@ def replay(cache: CollabCache, policy: Policy, controller: Controller, dcam: Dca
             if dcam is not None and dcam.alpha > 0:
                 # the service sees the uint8-quantised probabilities and replies with a float32 U
                 probs = unpack_probs(*pack_probs(cache.probs[i].numpy()))
-                new_u, changed = dcam_update(cloud_u, probs, cache.cloud_pred[i], dcam.alpha, ignore_index=cache.classes.ignore_index)
+                new_u, changed = dcam_update(cloud_u, probs, cache.cloud_pred[i], dcam.alpha, ignore_index=cache.classes.ignore_index,
+                                             settings=dcam.settings)
                 if changed:
                     cloud_u, version, updates = np.asarray(new_u, np.float64), version + 1, updates + 1
                     if u_held is not None:
@@ -309,23 +355,79 @@ def replay(cache: CollabCache, policy: Policy, controller: Controller, dcam: Dca
     return Replay(mask, scores, ms, controller.summary(), updates)
 
 
-def selection_metrics(cache: CollabCache, mask: np.ndarray, oracle_starts: Sequence[np.ndarray] = ()) -> dict:
-    """mIoUs, oracle at the same number of uploads, gain captured, rates and bytes for one selection."""
+def selection_metrics(cache: CollabCache, mask: np.ndarray, target_rate: float, oracle: GreedyOracle | None = None) -> dict:
+    """Point figures of one selection asked to upload at `target_rate`: mIoUs, the greedy oracle at the TARGET
+    count round(target_rate * N), gain over the device, gain captured, achieved rate and bytes.
+
+    gain_captured = (collab - device) / (oracle - device) with the oracle at the target count, so uploading
+    fewer frames than asked is never rewarded; None when the oracle does not beat the device.
+    """
+    mask = np.asarray(mask, bool)
     n, k = cache.frames, int(mask.sum())
+    k_target = target_count(target_rate, n)
+    oracle_mask = (oracle or GreedyOracle(cache)).mask(k_target)
     device = miou_of(cache.device_cm.sum(0))
     cloud = miou_of(cache.cloud_cm.sum(0))
     collab = miou_of(collab_cm(cache, mask))
-    oracle_mask = oracle_select(cache, k, [mask, *oracle_starts])
-    oracle = miou_of(collab_cm(cache, oracle_mask))
-    span = oracle - device
+    oracle_miou = miou_of(collab_cm(cache, oracle_mask))
+    span = oracle_miou - device
     return {
-        "device_miou": device, "cloud_miou": cloud, "collab_miou": collab, "oracle_miou": oracle,
-        "gain_captured": (collab - device) / span if span > 1e-12 else None,
-        "upload_rate": k / n, "uploads": k, "frames": n,
+        "device_miou": device, "cloud_miou": cloud, "collab_miou": collab, "gain_over_device": collab - device,
+        "oracle_miou": oracle_miou, "gain_captured": (collab - device) / span if span > 1e-12 else None,
+        "target_rate": target_rate, "upload_rate": k / n, "rate_error": k / n - target_rate,
+        "uploads": k, "target_uploads": k_target, "frames": n,
         "bytes_up_per_frame": float(cache.bytes_up[mask].sum() / n),
         "bytes_down_per_frame": float(cache.bytes_down[mask].sum() / n),
         "upload_rate_by_condition": rate_by_condition(cache.conditions, mask),
     }
+
+
+def selection_samples(cache: CollabCache, mask: np.ndarray, oracle_mask: np.ndarray, boot: Resamples, device: np.ndarray) -> dict[str, np.ndarray]:
+    """Bootstrap values (B,) of one selection's figures, on `boot`'s draws; `device` = the device's (B,) mIoUs.
+
+    The selection and the oracle's selection are held fixed; each resample re-weights frames.
+    """
+    collab = boot.miou(collab_frame_cms(cache, mask))
+    oracle = boot.miou(collab_frame_cms(cache, oracle_mask))
+    gain, span = collab - device, oracle - device
+    captured = np.where(span > 1e-12, gain / np.where(span > 1e-12, span, 1.0), np.nan)
+    return {"collab_miou": collab, "gain_over_device": gain, "oracle_miou": oracle, "gain_captured": captured}
+
+
+@dataclass
+class Evaluation:
+    """What every figure of one evaluation shares: the cache, the greedy oracle (memoised by k) and one set of
+    bootstrap draws (paired: the same resampled frames for every policy and rate)."""
+
+    cache: CollabCache
+    boot: Resamples
+    oracle: GreedyOracle
+    device: np.ndarray  # (B,) device-only mIoU per resample
+    cloud: np.ndarray  # (B,) cloud-only mIoU per resample
+
+    @classmethod
+    def of(cls, cache: CollabCache, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = 0.95) -> Evaluation:
+        boot = Resamples.draw(cache.sources, resamples, seed, level)
+        return cls(cache, boot, GreedyOracle(cache), boot.miou(cache.device_cm), boot.miou(cache.cloud_cm))
+
+    def header(self) -> dict:
+        """Stream-level figures and how the intervals and the oracle are defined."""
+        return {
+            "device_miou": miou_of(self.cache.device_cm.sum(0)), "device_miou_ci": self.boot.ci(self.device),
+            "cloud_miou": miou_of(self.cache.cloud_cm.sum(0)), "cloud_miou_ci": self.boot.ci(self.cloud),
+            "bootstrap": self.boot.describe(self.cache.sources), "oracle": ORACLE,
+        }
+
+    def row(self, masks: Sequence[np.ndarray], target_rate: float) -> tuple[dict, dict[str, np.ndarray]]:
+        """Figures of one run (several masks: the random policy's seeds, averaged), each with its interval,
+        and the bootstrap values behind them (for paired differences)."""
+        row = _mean_rows([selection_metrics(self.cache, m, target_rate, self.oracle) for m in masks])
+        oracle_mask = self.oracle.at_rate(target_rate)
+        per_mask = [selection_samples(self.cache, m, oracle_mask, self.boot, self.device) for m in masks]
+        samples = {key: np.mean([s[key] for s in per_mask], axis=0) for key in per_mask[0]}
+        for key, values in samples.items():
+            row[f"{key}_ci"] = self.boot.ci(values)
+        return row, samples
 
 
 def rate_by_condition(conditions: list[str], mask: np.ndarray) -> dict:
@@ -351,13 +453,16 @@ class PolicyRun:
     params: dict = field(default_factory=dict)
 
     def make(self, cache: CollabCache | None = None, oracle_frames: np.ndarray | None = None) -> tuple[Policy, Controller, UncertaintyMatrix | None]:
+        """Fresh policy, controller and U copy. The cache is read by the oracle policy only: the controller is built
+        from the budget alone (a bytes budget starts from its fixed prior payload size, never from the stream's
+        sizes), exactly as the HTTP path (eval/device_stream.py) builds it without any cache."""
         u = copy.deepcopy(self.uncertainty)
         params = dict(self.params)
         if self.policy == "random":
             params.setdefault("seed", self.seed)
         if self.policy == "oracle":
-            if cache is None:
-                raise ValueError("the oracle policy needs the cache of the stream")
+            if cache is None or oracle_frames is None:
+                raise ValueError("the oracle policy needs the cache of the stream and the oracle's frames")
             params["gains"] = dict(enumerate(frame_gains(cache).tolist()))
         policy = make_policy(self.policy, u, **params)
         if self.policy == "oracle":
@@ -365,34 +470,39 @@ class PolicyRun:
         elif self.budget.mode == HINDSIGHT:
             controller = FixedSelection([], cache.frames if cache is not None else None)  # scores only; see replay_run
         else:
-            initial = float(np.median(cache.bytes_up)) if cache is not None else None
-            controller = make_controller(self.budget, initial_bytes=initial)
+            controller = make_controller(self.budget)
         return policy, controller, u
 
     def dcam(self) -> DcamConfig | None:
         if self.dcam_alpha > 0 and self.uncertainty is not None:
-            return DcamConfig(self.dcam_alpha, self.uncertainty.u)
+            # the cloud fits U_new with the settings the device's U was fitted with (its metadata), not defaults
+            return DcamConfig(self.dcam_alpha, self.uncertainty.u, DcamSettings.from_meta(self.uncertainty.meta))
         return None
 
+    def target_rate(self, controller_summary: dict | None = None) -> float:
+        """The rate this run was asked for: 1 / 0 for all / none, the rate a bytes budget affords by the end of
+        the stream (its controller's running payload estimate), else the budget's rate."""
+        if self.policy in ("all", "none"):
+            return 1.0 if self.policy == "all" else 0.0
+        if self.budget.bytes_per_s is not None:
+            if controller_summary is None:
+                raise ValueError("a bytes budget's target rate comes from its controller's summary")
+            return float(controller_summary["target_rate"])
+        return float(self.budget.rate or 0.0)
 
-def oracle_frames_for(cache: CollabCache, rate: float) -> np.ndarray:
-    """The oracle's own choice at a target rate (round(rate * N) frames)."""
-    return oracle_select(cache, round(rate * cache.frames))
 
-
-def replay_run(cache: CollabCache, run: PolicyRun) -> Replay:
+def replay_run(cache: CollabCache, run: PolicyRun, oracle: GreedyOracle | None = None) -> Replay:
     """Replay one run; with budget mode 'hindsight' the scores come from a replay and the k = round(r N)
     best-scored frames of the whole stream are taken (a per-stream threshold, as ACDC's tau_s of eq. 10
     set to hit the rate: not causal, evaluation only, isolates a score's ranking from the controller)."""
-    oracle_mask = oracle_frames_for(cache, run.budget.rate or 0.0) if run.policy == "oracle" else None
+    oracle_mask = (oracle or GreedyOracle(cache)).at_rate(run.budget.rate or 0.0) if run.policy == "oracle" else None
     policy, controller, _ = run.make(cache, oracle_mask)
     if run.budget.mode != HINDSIGHT or run.policy == "oracle":
         return replay(cache, policy, controller, run.dcam())
     rep = replay(cache, policy, controller, None)
     if policy.fixed is not None:
         return rep
-    k = round((run.budget.rate or 0.0) * cache.frames)
-    rep.mask = top_k_mask(rep.scores, k)
+    rep.mask = top_k_mask(rep.scores, target_count(run.budget.rate or 0.0, cache.frames))
     rep.controller = {"target_rate": run.budget.rate, "mode": HINDSIGHT}
     return rep
 
@@ -406,13 +516,12 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-def run_cached(cache: CollabCache, run: PolicyRun) -> tuple[dict, Replay]:
-    """One (policy, budget) over the cache; returns (metrics, replay)."""
-    rep = replay_run(cache, run)
-    metrics = selection_metrics(cache, rep.mask)
-    target = run.budget.rate if run.budget.bytes_per_s is None else rep.controller["target_rate"]
-    metrics.update(policy=run.policy, target_rate=target, rate_error=metrics["upload_rate"] - target,
-                   score_ms=float(np.median(rep.score_ms)), dcam_updates=rep.u_updates)
+def run_cached(cache: CollabCache, run: PolicyRun, oracle: GreedyOracle | None = None) -> tuple[dict, Replay]:
+    """One (policy, budget) over the cache; returns (point metrics at the run's target rate, replay)."""
+    oracle = oracle or GreedyOracle(cache)
+    rep = replay_run(cache, run, oracle)
+    metrics = selection_metrics(cache, rep.mask, run.target_rate(rep.controller), oracle)
+    metrics.update(policy=run.policy, score_ms=float(np.median(rep.score_ms)), dcam_updates=rep.u_updates)
     return metrics, rep
 
 
@@ -425,11 +534,11 @@ def run_runtime(
     limit: int | None = None, send_device_probs: bool = False, on_frame: Callable[[], None] | None = None,
 ) -> dict:
     """The single-run path: DeviceRuntime + InProcessLink over the stream, real encoded bytes."""
-    oracle_mask = oracle_frames_for(cache, run.budget.rate or 0.0) if run.policy == "oracle" else None
+    oracle_mask = GreedyOracle(cache).at_rate(run.budget.rate or 0.0) if run.policy == "oracle" else None
     policy, controller, u = run.make(cache, oracle_mask)
     dcam = run.dcam()
     service = CloudService(cloud_model, dataset.classes, dcam_alpha=dcam.alpha if dcam else 0.0,
-                           initial_u=dcam.initial_u if dcam else None)
+                           initial_u=dcam.initial_u if dcam else None, dcam_settings=dcam.settings if dcam else None)
     send_probs = send_device_probs or dcam is not None
     runtime = DeviceRuntime(device_model, policy, controller, InProcessLink(service), codec=codec,
                             send_device_probs=send_probs, uncertainty=u)
@@ -461,33 +570,69 @@ def run_runtime(
     }
 
 
-def sweep(cache: CollabCache, runs: list[PolicyRun], labels: list[str] | None = None) -> dict:
-    """Every run over the cache; random is averaged over RANDOM_SEEDS seeds; the oracle at each achieved k
-    is started from every selection with that k, so it bounds every policy."""
+def sweep(
+    cache: CollabCache, runs: list[PolicyRun], labels: list[str] | None = None, resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0, level: float = 0.95, baselines: Sequence[str] = DIFF_BASELINES,
+) -> dict:
+    """Every run over the cache, compared at its target rate: collab mIoU and achieved rate, the greedy oracle at
+    the target count, gain over the device and gain captured, each with a paired bootstrap interval; each
+    policy's paired difference to `baselines` at the same rate, and the AUC over 2-30% target rates.
+
+    Random is averaged over RANDOM_SEEDS seeds (figures and bootstrap values alike). `seed` seeds the bootstrap.
+    """
     labels = labels or [r.policy for r in runs]
-    replays: list[tuple[str, PolicyRun, list[Replay]]] = []
+    ev = Evaluation.of(cache, resamples, seed, level)
+    rows, samples = [], []
     for label, run in zip(labels, runs, strict=True):
         seeds = range(RANDOM_SEEDS) if run.policy == "random" else [run.seed]
-        reps = []
-        for sd in seeds:
-            r = copy.copy(run)
-            r.seed = sd
-            reps.append(replay_run(cache, r))
-        replays.append((label, run, reps))
-    starts_by_k: dict[int, list[np.ndarray]] = {}
-    for _, _, reps in replays:
-        for rep in reps:
-            starts_by_k.setdefault(int(rep.mask.sum()), []).append(rep.mask)
-    rows = []
-    for label, run, reps in replays:
-        per_seed = [selection_metrics(cache, rep.mask, starts_by_k[int(rep.mask.sum())]) for rep in reps]
-        row = _mean_rows(per_seed)
-        row.update(policy=label, target_rate=run.budget.rate, score_ms=float(np.median(np.concatenate([r.score_ms for r in reps]))),
-                   rate_error=row["upload_rate"] - (run.budget.rate or 0.0), seeds=len(reps))
+        reps = [replay_run(cache, dataclasses.replace(run, seed=sd), ev.oracle) for sd in seeds]
+        row, row_samples = ev.row([rep.mask for rep in reps], run.target_rate(reps[0].controller))
+        row.update(policy=label, controller=run.budget.mode, seeds=len(reps), dcam_updates=float(np.mean([r.u_updates for r in reps])),
+                   score_ms=float(np.median(np.concatenate([r.score_ms for r in reps]))))
         if len(reps) > 1:
-            row["collab_miou_std"] = float(np.std([m["collab_miou"] for m in per_seed]))
+            row["collab_miou_std"] = float(np.std([miou_of(collab_cm(cache, r.mask)) for r in reps]))  # spread over seeds
         rows.append(row)
-    return {"device_miou": miou_of(cache.device_cm.sum(0)), "cloud_miou": miou_of(cache.cloud_cm.sum(0)), "rows": rows}
+        samples.append(row_samples)
+    add_differences(rows, samples, ev.boot, baselines)
+    return {**ev.header(), "rows": rows, "auc": auc_summary(rows, samples, ev.boot, baselines)}
+
+
+def add_differences(rows: list[dict], samples: list[dict], boot: Resamples, baselines: Sequence[str]) -> None:
+    """row["vs"][b] = collab mIoU minus baseline b's at the same target rate, with its paired interval."""
+    index = {(r["policy"], r["target_rate"]): i for i, r in enumerate(rows)}
+    for row, s in zip(rows, samples, strict=True):
+        row["vs"] = {}
+        for b in baselines:
+            j = index.get((b, row["target_rate"]))
+            if j is None or rows[j]["policy"] == row["policy"]:
+                continue
+            row["vs"][b] = {"collab_miou_delta": row["collab_miou"] - rows[j]["collab_miou"],
+                            "ci": boot.ci(s["collab_miou"] - samples[j]["collab_miou"])}
+
+
+def auc_summary(rows: list[dict], samples: list[dict], boot: Resamples, baselines: Sequence[str], span: tuple[float, float] = AUC_SPAN) -> dict:
+    """Per policy: the area under collab mIoU vs TARGET rate over the swept rates in `span` (trapezoid), divided
+    by the extent of those rates: the curve's mean height there. With its interval, and paired differences
+    to `baselines` swept at the same rates."""
+    curves: dict[str, list[tuple[float, float, np.ndarray]]] = {}
+    for row, s in zip(rows, samples, strict=True):
+        curves.setdefault(row["policy"], []).append((row["target_rate"], row["collab_miou"], s["collab_miou"]))
+    per: dict[str, dict] = {}
+    draws: dict[str, np.ndarray] = {}
+    for policy, pts in curves.items():
+        rates = [p[0] for p in pts]
+        value = rate_auc(rates, [p[1] for p in pts], span)
+        if value is None:
+            continue
+        draws[policy] = rate_auc(rates, np.stack([p[2] for p in pts]), span)
+        inside = sorted(r for r in rates if span[0] - 1e-9 <= r <= span[1] + 1e-9)
+        per[policy] = {"auc": value, "auc_ci": boot.ci(draws[policy]), "rates": inside}
+    for policy, entry in per.items():
+        entry["vs"] = {b: {"auc_delta": entry["auc"] - per[b]["auc"], "ci": boot.ci(draws[policy] - draws[b])}
+                       for b in baselines if b in per and b != policy and per[b]["rates"] == entry["rates"]}
+    return {"span": list(span), "x": "target upload rate",
+            "definition": "trapezoid area under collab mIoU vs target rate over the swept rates in span, divided by their extent",
+            "policies": per}
 
 
 def _mean_rows(rows: list[dict]) -> dict:

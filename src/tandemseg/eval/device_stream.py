@@ -145,7 +145,7 @@ def run_device_client(
     um = UncertaintyMatrix.load(uncertainty, expect_classes=dataset.classes) if uncertainty else None
     check_rate(rate)
     run = C.PolicyRun(policy, BudgetSpec(rate=rate, mode=controller, bytes_per_s=bytes_per_s, fps=fps), um, seed)
-    pol, ctrl, u = run.make()
+    pol, ctrl, u = run.make()  # the controller from the budget alone, as collab's in-process path builds it
     link = HttpLink(server, token, retry=retry, seed=seed)
     try:
         device_id = link.whoami()
@@ -165,28 +165,34 @@ def run_device_client(
     finally:
         link.close()
     mask = result.pop("mask")
-    reference = _reference_metrics(dataset, dev.model, cloud_ckpt, codec, limit, dcam, mask) if cloud_ckpt else {}
+    target = run.target_rate(ctrl.summary())
+    reference = _reference_metrics(dataset, dev.model, cloud_ckpt, codec, limit, dcam, mask, target, result["collab_miou"]) if cloud_ckpt else {}
     return {
         "server": server, "device_id": device_id, "data": data, "split": split, "shift": shift, "codec": codec,
         "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt) if cloud_ckpt else None,
         "uncertainty": str(uncertainty) if uncertainty else None, "u_meta": um.meta if um else None, "dcam": dcam,
-        "policy": policy, "controller": ctrl.summary(), "target_rate": ctrl.target_rate,
-        "rate_error": result["upload_rate"] - ctrl.target_rate, "stream": {"deadline_s": stream.deadline_s, "max_lag": stream.max_lag, "fps": stream.fps},
+        "policy": policy, "controller": ctrl.summary(), "target_rate": target,
+        "rate_error": result["upload_rate"] - target, "stream": {"deadline_s": stream.deadline_s, "max_lag": stream.max_lag, "fps": stream.fps},
         "cloud_miou": None, "oracle_miou": None, "gain_captured": None, **reference, **result,
         **{k: v for k, v in link.stats.summary().items() if k.startswith("rtt_ms")},
         "link": link.stats.summary(),
     }
 
 
-def _reference_metrics(dataset, device_model, cloud_ckpt, codec: str, limit, send: bool, mask: np.ndarray) -> dict:
-    """cloud/oracle mIoU and gain captured for this run's upload mask, from a local copy of the cloud model."""
+def _reference_metrics(
+    dataset, device_model, cloud_ckpt, codec: str, limit, send: bool, mask: np.ndarray, target_rate: float, collab_miou: float,
+) -> dict:
+    """cloud mIoU, the greedy oracle at the target count round(target_rate * N) and the gain this run captured
+    (with the mIoU it reached over HTTP, fallbacks included), from a local copy of the cloud model."""
     from tandemseg.eval import collab as C
     from tandemseg.models.checkpoint import load_checkpoint
 
     cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
     cache = C.build_cache(dataset, device_model, cloud.model, codec, limit, send)
-    m = C.selection_metrics(cache, mask)
-    return {k: m[k] for k in ("cloud_miou", "oracle_miou", "upload_rate_by_condition")} | {
+    m = C.selection_metrics(cache, mask, target_rate)
+    span = m["oracle_miou"] - m["device_miou"]
+    return {k: m[k] for k in ("cloud_miou", "oracle_miou", "target_uploads", "upload_rate_by_condition")} | {
+        "oracle": C.ORACLE, "gain_captured": (collab_miou - m["device_miou"]) / span if span > 1e-12 else None,
         "collab_miou_if_all_answered": m["collab_miou"], "cloud_gflops": cache.info.get("cloud_gflops"),
         "device_gflops": cache.info.get("device_gflops"),
     }

@@ -9,12 +9,10 @@ import torch
 from torch import nn
 
 from tandemseg.data.base import SegDataset
+from tandemseg.data.tensors import to_tensor
 from tandemseg.eval.metrics import ConfusionMatrix
 
-
-def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """uint8 (H,W,3) frames -> float (N,3,H,W) in [0,1]."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+__all__ = ["batches", "evaluate", "to_tensor"]  # to_tensor lives in data/tensors.py; kept importable from here
 
 
 def batches(dataset: SegDataset, batch_size: int, limit: int | None = None) -> Iterator[tuple[list[int], list]]:

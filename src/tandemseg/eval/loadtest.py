@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import torch
 
-from tandemseg.eval.evaluate import to_tensor
+from tandemseg.data.tensors import to_tensor
 from tandemseg.wire import http as wire
 from tandemseg.wire.messages import UploadRequest
 from tandemseg.wire.payload import encode_frame, pack_probs

@@ -1,4 +1,4 @@
-"""Curves for collaborative evaluation: mIoU against upload rate, per policy, with device/cloud-only lines."""
+"""Curves for collaborative evaluation: mIoU against target upload rate, per policy, with bootstrap bands and device/cloud-only lines."""
 
 from __future__ import annotations
 
@@ -14,21 +14,28 @@ STYLE = {"oracle": ("k", "--"), "acdc": ("tab:red", "-"), "acdc_ent": ("tab:purp
 
 
 def plot_sweep(payload: dict, path: str | Path, title: str = "") -> Path:
-    """One line per policy through its (achieved rate, collab mIoU) points; horizontal device and cloud lines."""
+    """One line per policy through its (target rate, collab mIoU) points with its bootstrap interval as a band;
+    horizontal device and cloud lines. Policies are compared at the rate they were asked for (the achieved rates
+    are in the JSON); the legend gives each policy's AUC over 2-30% when the sweep has one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    series: dict[str, list[tuple[float, float]]] = {}
+    series: dict[str, list[tuple[float, float, list[float] | None]]] = {}
     for r in payload["rows"]:
-        series.setdefault(r["policy"], []).append((r["upload_rate"], r["collab_miou"]))
+        series.setdefault(r["policy"], []).append((r.get("target_rate", r["upload_rate"]), r["collab_miou"], r.get("collab_miou_ci")))
+    auc = payload.get("auc", {}).get("policies", {})
     for name, pts in series.items():
-        pts.sort()
+        pts.sort(key=lambda p: p[0])
         color, ls = STYLE.get(name, (None, "-."))
-        ax.plot([p[0] * 100 for p in pts], [p[1] * 100 for p in pts], marker="o", ms=3, color=color, ls=ls, label=name)
+        label = f"{name} (AUC {100 * auc[name]['auc']:.1f})" if name in auc else name
+        x = [p[0] * 100 for p in pts]
+        (line,) = ax.plot(x, [p[1] * 100 for p in pts], marker="o", ms=3, color=color, ls=ls, label=label)
+        if all(p[2] is not None for p in pts):
+            ax.fill_between(x, [p[2][0] * 100 for p in pts], [p[2][1] * 100 for p in pts], color=line.get_color(), alpha=0.12, lw=0)
     ax.axhline(payload["device_miou"] * 100, color="0.3", lw=1, ls="-", label="device only")
     ax.axhline(payload["cloud_miou"] * 100, color="0.3", lw=1, ls="--", label="cloud only")
-    ax.set_xlabel("frames uploaded (%)")
-    ax.set_ylabel("mIoU (%)")
+    ax.set_xlabel("target upload rate (% of frames)")
+    ax.set_ylabel("mIoU (%), bands: 95% bootstrap interval" if any(r.get("collab_miou_ci") for r in payload["rows"]) else "mIoU (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

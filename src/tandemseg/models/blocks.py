@@ -70,12 +70,12 @@ class ASPP(nn.Module):
 
 
 class Normalize(nn.Module):
-    """Maps [0,1] RGB to ImageNet-normalised input inside the model, so exported graphs take raw frames."""
+    """Maps [0,1] RGB to the encoder's normalised input inside the model, so exported graphs take raw frames."""
 
-    def __init__(self) -> None:
+    def __init__(self, mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -82,6 +82,16 @@ def save_checkpoint(
     return folder
 
 
+def update_card(folder: str | Path, metrics: dict) -> None:
+    """Merge `metrics` into the card's metrics (written atomically; weights untouched)."""
+    path = Path(folder) / CARD
+    card = json.loads(path.read_text())
+    card.setdefault("metrics", {}).update(metrics)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def read_card(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():

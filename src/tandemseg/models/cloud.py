@@ -1,7 +1,8 @@
-"""The cloud segmenter: DeepLabV3+-style dilated ResNet with ASPP at full resolution.
+"""The cloud segmenter: DeepLabV3+ (ASPP on a dilated encoder, a /4 decoder) at full resolution.
 
-It stands in for the large pretrained cloud models of the papers (SegFormer-B5, HRNet-W48), which
-cannot be downloaded here; see docs/ARCHITECTURE.md for how it is trained to be strong and robust.
+The CamVid cloud uses an ImageNet-initialised EfficientNet-Lite2 encoder at output stride 16; it stands in
+for the papers' large pretrained cloud models (SegFormer-B5, HRNet-W48), which cannot be downloaded here.
+The from-scratch 'resnet' encoder is kept for the small synthetic checkpoint.
 """
 
 from __future__ import annotations
@@ -11,24 +12,28 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from tandemseg.models.blocks import ASPP, BasicBlock, Normalize, conv_bn_act, resize
+from tandemseg.models.blocks import ASPP, Normalize, conv_bn_act, resize
+from tandemseg.models.encoders import build_encoder, stage_at_reduction
 
 
 @dataclass
 class CloudConfig:
     num_classes: int = 11
     input_scale: float = 1.0  # the cloud sees the full-resolution frame
+    encoder: str = "efficientnet_lite2"  # one of models.encoders.ENCODERS
+    output_stride: int = 16  # Lite encoders: DeepLab dilation past this stride
+    # From-scratch 'resnet' encoder only (the synthetic checkpoint): stem width and
+    # (name, out channels, blocks, stride, dilation) rows, ResNet-18 layout.
     stem_channels: int = 32
-    # (name, out channels, blocks, stride, dilation): ResNet-18 layout; layer4 dilates for output stride 16.
     stages: tuple[tuple[str, int, int, int, int], ...] = (
         ("layer1", 40, 2, 1, 1),
         ("layer2", 80, 2, 2, 1),
         ("layer3", 160, 2, 2, 1),
         ("layer4", 256, 2, 1, 2),
     )
-    aspp_channels: int = 128
-    decoder_channels: int = 64  # the /4 decoder dominates FLOPs at full resolution, so it stays narrow
-    aspp_rates: tuple[int, ...] = (4, 8, 12)  # rates for output stride 16 at 360x480 (feature map 23x30)
+    aspp_channels: int = 192
+    decoder_channels: int = 96  # the /4 decoder dominates FLOPs at full resolution, so it stays narrow
+    aspp_rates: tuple[int, ...] = (6, 12, 18)  # DeepLabV3 rates for output stride 16
     skip_channels: int = 48
     extra: dict = field(default_factory=dict)
 
@@ -44,25 +49,17 @@ class CloudConfig:
 
 
 class CloudSegmenter(nn.Module):
-    """stem (/4: conv s2 + maxpool) -> layer1 (/4) -> layer2 (/8) -> layer3 (/16) -> layer4 (/16 dilated) -> ASPP,
-    DeepLabV3+ decoder with a /4 skip."""
+    """encoder stages -> ASPP on the last stage; DeepLabV3+ decoder with the /4 stage as skip."""
 
     def __init__(self, cfg: CloudConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or CloudConfig()
-        self.normalize = Normalize()
-        self.stem = nn.Sequential(
-            conv_bn_act(3, cfg.stem_channels, 3, 2), conv_bn_act(cfg.stem_channels, cfg.stem_channels, 3), nn.MaxPool2d(3, 2, 1)
-        )
-        self.feature_info: list[dict] = [{"module": "stem", "num_chs": cfg.stem_channels, "reduction": 4}]
-        blocks, cin, reduction = {}, cfg.stem_channels, 4
-        for name, c, n, s, d in cfg.stages:
-            blocks[name] = nn.Sequential(*[BasicBlock(cin if i == 0 else c, c, s if i == 0 else 1, d) for i in range(n)])
-            cin, reduction = c, reduction * s
-            self.feature_info.append({"module": name, "num_chs": c, "reduction": reduction})
-        self.stages = nn.ModuleDict(blocks)
-        self.aspp = ASPP(cin, cfg.aspp_channels, cfg.aspp_rates)
-        self.skip = conv_bn_act(cfg.stages[0][1], cfg.skip_channels, 1)
+        self.encoder = build_encoder(cfg.encoder, output_stride=cfg.output_stride, stem_channels=cfg.stem_channels, stages=cfg.stages)
+        self.normalize = Normalize(self.encoder.mean, self.encoder.std)
+        self.feature_info: list[dict] = self.encoder.feature_info
+        self.skip_stage = stage_at_reduction(self.feature_info, 4)
+        self.aspp = ASPP(self.feature_info[-1]["num_chs"], cfg.aspp_channels, cfg.aspp_rates)
+        self.skip = conv_bn_act(self.feature_info[self.skip_stage]["num_chs"], cfg.skip_channels, 1)
         self.fuse = nn.Sequential(
             conv_bn_act(cfg.aspp_channels + cfg.skip_channels, cfg.decoder_channels, 1),
             conv_bn_act(cfg.decoder_channels, cfg.decoder_channels, 3),
@@ -73,24 +70,26 @@ class CloudSegmenter(nn.Module):
     def stage_names(self) -> list[str]:
         return [f["module"] for f in self.feature_info]
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = {"stem": self.stem(x)}
-        h = feats["stem"]
-        for name, block in self.stages.items():
-            h = block(h)
-            feats[name] = h
-        return feats
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.encoder.forward_intermediates(x)[1]
 
-    def decode(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        ctx = self.aspp(feats[self.cfg.stages[-1][0]])  # (N, A, H/16, W/16)
-        s4 = feats[self.cfg.stages[0][0]]
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        ctx = self.aspp(feats[-1])  # (N, A, H/16, W/16)
+        s4 = feats[self.skip_stage]
         y = self.fuse(torch.cat([resize(ctx, s4.shape[-2:]), self.skip(s4)], 1))  # (N, D, H/4, W/4)
         return self.classifier(y)
 
-    def forward_intermediates(self, frame: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        feats = self.forward_features(self.normalize(frame))
-        return resize(self.decode(feats), frame.shape[-2:]), feats
+    def forward_intermediates(
+        self, frame: torch.Tensor, indices: list[int] | None = None, stop_early: bool = False,
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """timm's contract on a [0,1] frame: (full-resolution logits, [stage outputs at `indices`])."""
+        x = self.normalize(frame)
+        if stop_early:
+            return None, self.encoder.forward_intermediates(x, indices, stop_early=True)[1]
+        feats = self.forward_features(x)
+        wanted = range(len(feats)) if indices is None else indices
+        return resize(self.decode(feats), frame.shape[-2:]), [feats[i] for i in wanted]
 
     def forward(self, frame: torch.Tensor) -> torch.Tensor:
         """[0,1] frame (N,3,H,W) -> logits (N,C,H,W) at full resolution."""
-        return self.forward_intermediates(frame)[0]
+        return resize(self.decode(self.forward_features(self.normalize(frame))), frame.shape[-2:])

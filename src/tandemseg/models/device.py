@@ -1,9 +1,10 @@
-"""The device segmenter: a MobileNetV2-style encoder of named stages and a light decoder.
+"""The device segmenter: an encoder of stages (EfficientNet-Lite0 from ImageNet by default) and a light
+LR-ASPP-style decoder with /8 and /4 skips.
 
 It runs on a frame downsampled by `input_scale` (ACDC eq. 4: the device sees x_s = D_s(x)) and its
-logits are upsampled back to full resolution. Its stages follow a feature contract like timm's
-(`feature_info`, `forward_intermediates`) because early exits attach to stages (MESS) and the
-feature codec splits the network at a stage (JD).
+logits are upsampled back to full resolution. It exposes timm's feature contract (`feature_info`,
+`forward_intermediates`) because early exits attach to stages (MESS) and the feature codec splits the
+network at a stage (JD); the decoder itself finds its skips by reduction, never by stage name.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from tandemseg.models.blocks import InvertedResidual, Normalize, conv_bn_act, resize
+from tandemseg.models.blocks import Normalize, conv_bn_act, resize
+from tandemseg.models.encoders import build_encoder, stage_at_reduction
 
 
 @dataclass
 class DeviceConfig:
     num_classes: int = 11
     input_scale: float = 0.5  # s in ACDC eq. 4: the device segments a frame downsampled by this factor
+    encoder: str = "efficientnet_lite0"  # one of models.encoders.ENCODERS
+    output_stride: int = 16  # Lite encoders: strides past this become dilation (small objects survive at 180x240)
+    # From-scratch 'mobilenetv2' encoder only (the synthetic checkpoints): stem width and one row per stage
+    # (name, expand ratio t, out channels c, blocks n, stride s, dilation d).
     stem_channels: int = 16
-    # One row per stage: (name, expand ratio t, out channels c, blocks n, stride s, dilation d).
-    # 'stage4' keeps stride 16 and dilates instead, so small objects survive on a 180x240 input.
     stages: tuple[tuple[str, int, int, int, int, int], ...] = (
         ("stage1", 6, 24, 2, 2, 1),
         ("stage2", 6, 32, 3, 2, 1),
@@ -43,71 +47,63 @@ class DeviceConfig:
         return cls(**d)
 
 
-class DeviceSegmenter(nn.Module):
-    """Stages: stem (/2) -> stage1 (/4) -> stage2 (/8) -> stage3 (/16) -> stage4 (/16, dilated).
+def separable_fuse(channels: int, out: int) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1: the decoder's cheap fusion of context and a skip."""
+    return nn.Sequential(conv_bn_act(channels, channels, 3, groups=channels), conv_bn_act(channels, out, 1))
 
-    Decoder: context = 1x1(stage4) gated by global pooling (LR-ASPP style), fused with stage2 at /8,
-    then with stage1 at /4, classified at /4 of the device input.
-    """
+
+class DeviceSegmenter(nn.Module):
+    """encoder stages -> context = 1x1(last stage) gated by global pooling (LR-ASPP), fused with the /8 stage,
+    then with the /4 stage, classified at /4 of the device input."""
 
     def __init__(self, cfg: DeviceConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or DeviceConfig()
-        self.normalize = Normalize()
-        self.stem = nn.Sequential(conv_bn_act(3, cfg.stem_channels, 3, 2), InvertedResidual(cfg.stem_channels, cfg.stem_channels, 1, 1))
-        self.feature_info: list[dict] = [{"module": "stem", "num_chs": cfg.stem_channels, "reduction": 2}]
-        blocks, cin, reduction = {}, cfg.stem_channels, 2
-        for name, t, c, n, s, d in cfg.stages:
-            layers = [InvertedResidual(cin if i == 0 else c, c, s if i == 0 else 1, t, d) for i in range(n)]
-            blocks[name] = nn.Sequential(*layers)
-            cin, reduction = c, reduction * s
-            self.feature_info.append({"module": name, "num_chs": c, "reduction": reduction})
-        self.stages = nn.ModuleDict(blocks)
-        chs = {f["module"]: f["num_chs"] for f in self.feature_info}
-        last = cfg.stages[-1][0]
-        self.context = conv_bn_act(chs[last], cfg.head_channels, 1)
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(chs[last], cfg.head_channels, 1), nn.Sigmoid())
-        self.skip8 = conv_bn_act(chs["stage2"], cfg.skip_channels, 1)
-        self.fuse8 = nn.Sequential(
-            conv_bn_act(cfg.head_channels + cfg.skip_channels, cfg.head_channels + cfg.skip_channels, 3, groups=cfg.head_channels + cfg.skip_channels),
-            conv_bn_act(cfg.head_channels + cfg.skip_channels, cfg.head_channels, 1),
-        )
-        self.skip4 = conv_bn_act(chs["stage1"], cfg.skip_channels, 1)
-        self.fuse4 = nn.Sequential(
-            conv_bn_act(cfg.head_channels + cfg.skip_channels, cfg.head_channels + cfg.skip_channels, 3, groups=cfg.head_channels + cfg.skip_channels),
-            conv_bn_act(cfg.head_channels + cfg.skip_channels, cfg.head_channels, 1),
-        )
-        self.classifier = nn.Conv2d(cfg.head_channels, cfg.num_classes, 1)
+        self.encoder = build_encoder(cfg.encoder, output_stride=cfg.output_stride, stem_channels=cfg.stem_channels, stages=cfg.stages)
+        self.normalize = Normalize(self.encoder.mean, self.encoder.std)
+        self.feature_info: list[dict] = self.encoder.feature_info
+        self.skip_stages = (stage_at_reduction(self.feature_info, 8), stage_at_reduction(self.feature_info, 4))
+        last = self.feature_info[-1]["num_chs"]
+        c8, c4 = (self.feature_info[i]["num_chs"] for i in self.skip_stages)
+        head, skip = cfg.head_channels, cfg.skip_channels
+        self.context = conv_bn_act(last, head, 1)
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(last, head, 1), nn.Sigmoid())
+        self.skip8 = conv_bn_act(c8, skip, 1)
+        self.fuse8 = separable_fuse(head + skip, head)
+        self.skip4 = conv_bn_act(c4, skip, 1)
+        self.fuse4 = separable_fuse(head + skip, head)
+        self.classifier = nn.Conv2d(head, cfg.num_classes, 1)
 
     @property
     def stage_names(self) -> list[str]:
         return [f["module"] for f in self.feature_info]
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the encoder on an already normalised, already downsampled input; returns every stage output."""
-        feats = {"stem": self.stem(x)}
-        h = feats["stem"]
-        for name, block in self.stages.items():
-            h = block(h)
-            feats[name] = h
-        return feats
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage output, from an already normalised, already downsampled input."""
+        return self.encoder.forward_intermediates(x)[1]
 
-    def decode(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Decoder over stage outputs -> logits at /4 of the device input."""
-        last = feats[self.cfg.stages[-1][0]]
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder over the stage outputs -> logits at /4 of the device input."""
+        last = feats[-1]
+        s8, s4 = (feats[i] for i in self.skip_stages)
         ctx = self.context(last) * self.gate(last)  # (N, head, h/16, w/16)
-        s8 = feats["stage2"]
         y = self.fuse8(torch.cat([resize(ctx, s8.shape[-2:]), self.skip8(s8)], 1))  # (N, head, h/8, w/8)
-        s4 = feats["stage1"]
         y = self.fuse4(torch.cat([resize(y, s4.shape[-2:]), self.skip4(s4)], 1))  # (N, head, h/4, w/4)
         return self.classifier(y)  # (N, C, h/4, w/4)
 
-    def forward_intermediates(self, frame: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Full-resolution logits and the stage outputs, from a [0,1] frame (N,3,H,W)."""
-        h, w = frame.shape[-2:]
-        small = self.downsample(frame)
-        feats = self.forward_features(self.normalize(small))
-        return resize(self.decode(feats), (h, w)), feats
+    def forward_intermediates(
+        self, frame: torch.Tensor, indices: list[int] | None = None, stop_early: bool = False,
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """timm's contract on a [0,1] frame: (full-resolution logits, [stage outputs at `indices`]).
+
+        With `stop_early` the encoder stops after the last requested stage and the logits are None.
+        """
+        small = self.normalize(self.downsample(frame))
+        if stop_early:
+            return None, self.encoder.forward_intermediates(small, indices, stop_early=True)[1]
+        feats = self.forward_features(small)
+        wanted = range(len(feats)) if indices is None else indices
+        return resize(self.decode(feats), frame.shape[-2:]), [feats[i] for i in wanted]
 
     def downsample(self, frame: torch.Tensor) -> torch.Tensor:
         """ACDC eq. 4: x_s = D_s(x), bilinear with antialiasing so thin structures fade rather than alias."""

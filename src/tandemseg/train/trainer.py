@@ -18,7 +18,7 @@ from torch import nn
 from tandemseg.data.base import SegDataset
 from tandemseg.errors import TandemsegError
 from tandemseg.eval.evaluate import evaluate
-from tandemseg.models.checkpoint import save_checkpoint
+from tandemseg.models.checkpoint import save_checkpoint, update_card
 from tandemseg.train.augment import AugmentConfig, ColorJitter, corrupt, scale_crop_flip
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -40,6 +40,11 @@ class TrainConfig:
     val_limit: int | None = None  # evaluate on the first N val frames only (quick runs)
     seed: int = 0
     threads: int = 0  # 0: torch default
+    # Fine-tuning an ImageNet encoder: its first `freeze_stages` stages (stem included) stay fixed, weights and
+    # BN statistics (low-level filters transfer as they are and the high-resolution stages cost the most to
+    # back-propagate on a CPU); the rest of the encoder learns at lr * encoder_lr_mult.
+    freeze_stages: int = 0
+    encoder_lr_mult: float = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
@@ -51,6 +56,8 @@ class TrainConfig:
             raise TandemsegError("epochs and batch size must be >= 1 and lr > 0")
         if not 0.0 <= self.ohem_fraction < 1.0:
             raise TandemsegError("ohem_fraction must be in [0, 1)")
+        if self.freeze_stages < 0 or self.encoder_lr_mult <= 0:
+            raise TandemsegError("freeze_stages must be >= 0 and encoder_lr_mult > 0")
 
 
 @dataclass
@@ -98,7 +105,7 @@ class Trainer:
         self.card_extra = dict(card_extra or {})  # e.g. init_from: where a warm start's weights came from
         self.classes = train_set.classes
         self.ignore = self.classes.ignore_index
-        self.jitter = ColorJitter(cfg.augment.color_jitter)
+        self.jitter = ColorJitter(cfg.augment.color_jitter, cfg.augment.hue)
         self.state = TrainState()
         self._cache: list | None = None
 
@@ -122,11 +129,33 @@ class Trainer:
         return self.jitter(torch.stack(images), rng), torch.stack(labels)  # (B,3,h,w), (B,h,w)
 
     # ---- optimisation ----
+    def _frozen_modules(self) -> list[nn.Module]:
+        encoder = getattr(self.model, "encoder", None)
+        if self.cfg.freeze_stages == 0:
+            return []
+        if encoder is None or not hasattr(encoder, "stage_modules"):
+            raise TandemsegError(f"freeze_stages needs a model with a staged encoder; {type(self.model).__name__} has none")
+        return encoder.stage_modules(self.cfg.freeze_stages)
+
+    def _set_train_mode(self) -> None:
+        """Train mode, except the frozen stages, whose BN statistics must stay the pretrained ones."""
+        self.model.train()
+        for m in self._frozen_modules():
+            m.eval()
+
     def _optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
+        frozen = {id(p) for m in self._frozen_modules() for p in m.parameters()}
+        encoder = {id(p) for p in getattr(self.model, "encoder", nn.Module()).parameters()}
+        buckets: dict[tuple[bool, bool], list] = {(e, d): [] for e in (False, True) for d in (False, True)}
         for p in self.model.parameters():
-            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if id(p) in frozen:
+                p.requires_grad_(False)
+                continue
+            buckets[(id(p) in encoder, p.ndim > 1)].append(p)  # no weight decay on BN and biases
+        groups = [
+            {"params": ps, "weight_decay": self.cfg.weight_decay if decay else 0.0, "lr_mult": self.cfg.encoder_lr_mult if enc else 1.0}
+            for (enc, decay), ps in buckets.items() if ps
+        ]
         if self.cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=0.9, nesterov=True)
         return torch.optim.AdamW(groups, lr=self.cfg.lr)
@@ -173,7 +202,7 @@ class Trainer:
             epoch = self.state.epoch
             rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume replays the same batches
             order = rng.permutation(len(samples))
-            self.model.train()
+            self._set_train_mode()
             t0, losses = time.perf_counter(), []
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -181,7 +210,7 @@ class Trainer:
                     continue
                 x, y = self._batch(idx, rng)
                 for g in opt.param_groups:
-                    g["lr"] = self._lr(self.state.iteration, total)
+                    g["lr"] = self._lr(self.state.iteration, total) * g["lr_mult"]
                 loss = segmentation_loss(self.model(x), y, weight, self.ignore, cfg.ohem_fraction)
                 if not torch.isfinite(loss):
                     raise TandemsegError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
@@ -192,7 +221,7 @@ class Trainer:
                 losses.append(loss.item())
                 if on_progress:
                     on_progress({"event": "step", "epoch": epoch, "step": b + 1, "steps": steps_per_epoch, "loss": float(np.mean(losses))})
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": opt.param_groups[0]["lr"], "train_s": time.perf_counter() - t0}
+            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": self._lr(self.state.iteration - 1, total), "train_s": time.perf_counter() - t0}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 record.update(self._validate())
             self.state.epoch += 1
@@ -201,7 +230,16 @@ class Trainer:
             self._save_state(opt)
             if on_progress:
                 on_progress({"event": "epoch", **record})
+        self._record_last_epoch()
         return self.state
+
+    def _record_last_epoch(self) -> None:
+        """The card keeps the best epoch's weights; it also says what the last epoch scored, so the gap is visible."""
+        validated = [h for h in self.state.history if h.get("val_miou") is not None]
+        if not validated or not (self.out / "card.json").is_file():
+            return
+        last = validated[-1]
+        update_card(self.out, {"last_epoch": {"epoch": last["epoch"], "val_miou": last["val_miou"]}, "epochs_run": self.state.epoch})
 
     def _validate(self) -> dict:
         t0 = time.perf_counter()

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tandemseg.errors import TandemsegError
+from tandemseg.errors import SpecError, TandemsegError
+from tandemseg.wire import payload
 from tandemseg.wire.messages import PROTOCOL_VERSION, CloudReply, UploadRequest
 
 H_PROTOCOL = "X-Tandemseg-Protocol"
@@ -49,8 +50,6 @@ H_CLOUD_MS = "X-Tandemseg-Cloud-Ms"
 OCTET = "application/octet-stream"
 SEGMENT_PATH = "/v1/segment"
 
-_CODEC_RE = re.compile(r"^(png|(jpeg|webp):(\d{1,3}))$")
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 _MAX_INT = 2**63 - 1
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -105,10 +104,11 @@ def parse_dims(value: str, name: str, ndim: int, hi: int = 1 << 20) -> tuple[int
 
 
 def parse_codec(value: str) -> str:
-    m = _CODEC_RE.fullmatch(value.strip().lower())
-    if not m or (m.group(3) is not None and not 1 <= int(m.group(3)) <= 100):
-        raise WireError(f"{H_CODEC} must be png, jpeg:Q or webp:Q with Q in 1..100, got {value[:40]!r}")
-    return m.group(0)
+    """The codec header in its canonical spelling (`png` | `jpeg:Q` | `webp:Q`), parsed by wire.payload's one parser."""
+    try:
+        return str(payload.parse_codec(value))
+    except SpecError:
+        raise WireError(f"{H_CODEC} must be png, jpeg:Q or webp:Q with Q in 1..100, got {value[:40]!r}") from None
 
 
 def parse_bearer(authorization: str | None) -> str | None:
@@ -208,7 +208,7 @@ def check_image(req: UploadRequest, limits: WireLimits = WireLimits()) -> None:
     A PNG is verified by its chunk checksums rather than decoded (the service decodes it anyway); should a
     crafted PNG with valid checksums still fail to decode, the batcher isolates it (cloud/batching.py).
     """
-    want = _PIL_FORMATS[req.codec.split(":")[0]]
+    want = payload.FRAME_FORMATS[payload.parse_codec(req.codec).name]
     try:
         with Image.open(io.BytesIO(req.payload)) as im:
             if im.format != want:
@@ -246,7 +246,7 @@ def encode_reply(reply: CloudReply) -> tuple[dict[str, str], bytes]:
     return headers, body
 
 
-def decode_reply(headers: Mapping[str, str], body: bytes, device_id: str, frame_id: int) -> CloudReply:
+def decode_reply(headers: Mapping[str, str], body: bytes, frame_id: int) -> CloudReply:
     """(headers, body) of a 200 reply -> CloudReply; the device checks the cloud's answer too."""
     got_frame = parse_int(_header(headers, H_FRAME), H_FRAME)
     if got_frame != frame_id:
@@ -268,7 +268,7 @@ def decode_reply(headers: Mapping[str, str], body: bytes, device_id: str, frame_
             raise WireError("the cloud sent a U with NaN or inf entries")
     elif rest:
         raise WireError(f"{len(rest)} unexpected bytes after the label map")
-    return CloudReply(device_id=device_id, frame_id=frame_id, label_png=bytes(body[:n_label]), u_matrix=u, u_version=u_version, cloud_ms=cloud_ms)
+    return CloudReply(frame_id=frame_id, label_png=bytes(body[:n_label]), u_matrix=u, u_version=u_version, cloud_ms=cloud_ms)
 
 
 def _parse_float(value: str, name: str) -> float:

@@ -7,7 +7,7 @@ bytes that would cross the network; every byte count in results comes from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +30,6 @@ class UploadRequest:
     device_probs: bytes | None = None
     device_probs_shape: tuple[int, int, int] | None = None  # (C, h, w) of device_probs
     u_version: int = 0  # the version of U the device currently holds
-    meta: dict = field(default_factory=dict)
 
     @property
     def bytes_up(self) -> int:
@@ -39,12 +38,10 @@ class UploadRequest:
 
 @dataclass
 class CloudReply:
-    """The cloud's answer to one upload."""
+    """The cloud's answer to one upload (the device that asked knows who it is: no device id)."""
 
-    device_id: str
     frame_id: int
     label_png: bytes  # the fine prediction as an 8-bit PNG label map (compact, lossless)
-    probs: np.ndarray | None = None  # optional (C,H,W) float16 probabilities for fusion, in-process only
     u_matrix: np.ndarray | None = None  # the device's new U (C x C) when DCAM changed it
     u_version: int = 0
     cloud_ms: float = 0.0  # cloud-side compute time for this frame

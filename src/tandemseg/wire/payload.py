@@ -39,19 +39,18 @@ class Codec:
 
 def parse_codec(text: str) -> Codec:
     """`png` | `jpeg:Q` | `webp:Q` -> Codec; raises SpecError saying what is valid."""
-    name, _, q = (text or "").strip().lower().partition(":")
+    name, sep, q = (text or "").strip().lower().partition(":")
     if name not in FRAME_FORMATS:
         raise SpecError(f"unknown codec {text!r}; valid: png, jpeg:Q, webp:Q (Q = quality 1..100, e.g. jpeg:90)")
     if name == "png":
-        if q:
+        if sep:
             raise SpecError(f"codec png is lossless and takes no quality; write 'png', not {text!r}")
         return Codec("png")
     if not q:
         raise SpecError(f"codec {name} needs a quality: write {name}:Q with Q in 1..100 (e.g. {name}:90)")
-    try:
-        quality = int(q)
-    except ValueError:
-        raise SpecError(f"codec quality must be an integer 1..100, got {q!r} in {text!r}") from None
+    if not (q.isascii() and q.isdigit() and len(q) <= 3):  # int() alone would take ' 90', '+90' and '9_0'
+        raise SpecError(f"codec quality must be an integer 1..100, got {q!r} in {text!r}")
+    quality = int(q)
     if not 1 <= quality <= 100:
         raise SpecError(f"codec quality must be in 1..100, got {quality} in {text!r}")
     return Codec(name, quality)

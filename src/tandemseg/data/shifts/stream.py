@@ -14,6 +14,9 @@ of schedule, written after `stream:` wherever a shift is accepted (e.g. the CLI'
 
 Conditions are as everywhere else: clean, NAME:SEVERITY for the 15 corruptions, dusk, night.
 
+A split can be played several times back to back under different seeded schedules (`RepeatedSchedules`,
+`collab --repeat-schedules K`): a longer evaluation stream from the same labelled frames.
+
 Seeds. The order of a cycling stream comes from `ShiftStream.seed`. A stream parsed from text
 (`parse_shift("stream:mixed")`) has seed None: the dataset wrapper it is given to supplies its own
 seed, so the CLI's `--seed` changes both the order and the per-frame noise. A stream built with an
@@ -22,12 +25,14 @@ explicit seed keeps its order whatever the wrapper's seed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 
-from tandemseg.data.base import SegDataset
+from tandemseg.data.base import Sample, SegDataset
+from tandemseg.data.classes import ClassTable
 from tandemseg.data.shifts.condition import CLEAN, FrameShiftDataset, Shift, parse_condition, stable_hash
 from tandemseg.data.shifts.registry import CORRUPTIONS
 from tandemseg.errors import SpecError
@@ -237,3 +242,53 @@ class StreamDataset(FrameShiftDataset):
 
     def condition_at(self, index: int) -> Shift | None:
         return self.stream.condition_at(index)
+
+
+class RepeatedSchedules:
+    """Passes over one sequence played back to back: frame i is frame i mod n of pass i // n.
+
+    Each pass is the same frames under its own seeded schedule (the caller opens pass j with seed
+    `seed + j`, so a stream's order and every frame's noise differ between passes). All passes must
+    hold n frames. `source_index(i)` = i mod n names the underlying labelled frame: a frame seen
+    under K schedules is one sample of the scene, not K (eval/bootstrap.py resamples source frames).
+    """
+
+    def __init__(self, passes: Sequence[SegDataset], frames_per_pass: int | None = None) -> None:
+        if not passes:
+            raise SpecError("RepeatedSchedules needs at least one pass")
+        sizes = {len(p) for p in passes}
+        if len(sizes) != 1:
+            raise SpecError(f"every pass must hold the same frames, got lengths {sorted(sizes)}")
+        n = sizes.pop()
+        self.passes = list(passes)
+        self.per_pass = n if frames_per_pass is None else max(0, min(frames_per_pass, n))
+
+    @property
+    def classes(self) -> ClassTable:
+        return self.passes[0].classes
+
+    @property
+    def split(self) -> str:
+        return self.passes[0].split
+
+    def __len__(self) -> int:
+        return self.per_pass * len(self.passes)
+
+    def _locate(self, index: int) -> tuple[SegDataset, int]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+        return self.passes[index // self.per_pass], index % self.per_pass
+
+    def __getitem__(self, index: int) -> Sample:
+        dataset, i = self._locate(index)
+        return dataset[i]
+
+    def condition_at(self, index: int) -> Shift | None:
+        dataset, i = self._locate(index)
+        at = getattr(dataset, "condition_at", None)
+        return None if at is None else at(i)
+
+    def source_index(self, index: int) -> int:
+        return self._locate(index)[1]
