@@ -283,19 +283,15 @@ def test_tiny_loop_runs_both_stages() -> None:
 # ----------------------------------------------------------------------------- confidence (eq. 7-9)
 
 
-def test_confidence_equals_the_upload_policy_implementation() -> None:
+def test_confidence_is_one_implementation_shared_with_the_upload_policy() -> None:
+    """Exits and the `confidence` upload policy score frames with the same eq. 7-9 code."""
     from tandemseg.device import policies
 
+    assert policies.image_confidence is image_confidence and policies.semantic_edges is semantic_edges
     rng = torch.Generator().manual_seed(0)
     for trial in range(12):
         c, h, w = 2 + trial % 4, 7 + trial, 9 + 2 * trial
         probs = (torch.randn(c, h, w, generator=rng) * (1 + trial % 3)).softmax(0)
-        for th in (0.4, 0.6, 0.8):
-            for smooth in (False, True):
-                for stride in (0, 1, 2):
-                    assert image_confidence(probs, th, smooth, stride) == policies.image_confidence(probs, th, smooth, stride)
-        pred = probs.argmax(0).numpy()
-        assert np.array_equal(semantic_edges(pred, 1), policies.semantic_edges(pred, 1))
         assert np.array_equal(image_confidences(probs, [0.4, 0.8]), [image_confidence(probs, 0.4), image_confidence(probs, 0.8)])
 
 

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 
 from tandemseg.errors import CheckpointError
 from tandemseg.models import pretrained
-from tandemseg.models.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, Conv2dSame, EfficientNetLite, block_rows
+from tandemseg.models.efficientnet_lite import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Conv2dSame,
+    EfficientNetLite,
+    block_rows,
+)
 from tandemseg.models.registry import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -58,7 +58,8 @@ def test_offloading_tables_cells_and_order(tmp_path) -> None:
     write(tmp_path, "sweep-other.json", sweep("night", []))  # not a condition of the tables: left out
     text = report.offloading_tables(tmp_path)
     tables = [t for t in text.split("**") if t.strip().startswith("|")]
-    collab, gain, ablation = (table_rows(t) for t in tables)
+    collab, vs_random, gain, ablation = (table_rows(t) for t in tables)
+    assert vs_random[3] == ["acdc", "-", "-", "-", "-"]  # no paired difference in this JSON: '-', and random has no row
     assert collab[0] == ["policy", "clean 10%", "clean 20%", "fog:3 10%", "fog:3 20%"]
     assert collab[1] == ["device only", "40.0", "40.0", "40.0", "40.0"] and collab[2][0] == "cloud only"
     assert collab[3] == ["acdc", "41.0 (10%)", "-", "45.0 (9%)", "50.0 (21%)"]
@@ -69,13 +70,28 @@ def test_offloading_tables_cells_and_order(tmp_path) -> None:
     assert "acdc 0.25" in text and "acdc:lam0.9 0.25" not in text  # scoring cost of the plain policies only
 
 
+def test_offloading_intervals_auc_and_paired_differences(tmp_path) -> None:
+    """Fields of the bootstrap (issue 9): intervals next to each figure, AUC per policy, paired difference to random."""
+    acdc = {**row("acdc", 0.1, 0.45, 0.1, 0.5), "collab_miou_ci": [0.43, 0.47], "gain_captured_ci": [0.3, 0.7],
+            "vs": {"random": {"collab_miou_delta": 0.021, "ci": [-0.004, 0.05]}}}
+    data = {**sweep("fog:3", [acdc, row("random", 0.1, 0.43, 0.1, 0.2)]), "device_miou_ci": [0.38, 0.42],
+            "bootstrap": {"frames": 303},
+            "auc": {"policies": {"acdc": {"auc": 0.47, "auc_ci": [0.45, 0.49], "vs": {"random": {"auc_delta": 0.01, "ci": [0.0, 0.02]}}}}}}
+    write(tmp_path, "sweep-fog-3.json", data)
+    text = report.offloading_tables(tmp_path)
+    assert "45.0 [43.0, 47.0] (10%)" in text and "50% [30, 70]" in text and "40.0 [38.0, 42.0]" in text
+    assert "+2.1 [-0.4, +5.0]" in text
+    assert "| acdc | 47.0 [45.0, 49.0]; +1.0 [+0.0, +2.0] vs random |" in text
+    assert "Streams: fog:3 303 frames." in text
+
+
 def test_offloading_single_runs_are_listed(tmp_path) -> None:
     run = {"policy": "acdc", "shift": "clean", "codec": "png", "collab_miou": 0.5, "device_miou": 0.4, "cloud_miou": 0.6,
            "oracle_miou": 0.55, "gain_captured": 2 / 3, "upload_rate": 0.1, "target_rate": 0.1, "bytes_up_per_frame": 2500.0,
            "bytes_up_per_upload": 25000.0, "device_ms": 10.0, "score_ms": 0.5, "score_overhead": 0.05, "paths_agree": True}
     write(tmp_path, "run-acdc-clean.json", run)
     text = report.offloading_tables(tmp_path)
-    assert text.startswith("- `run-acdc-clean.json`: acdc on clean, codec png: collab 50.0 (device 40.0, cloud 60.0, oracle 55.0), "
+    assert text.startswith("- `run-acdc-clean.json`: acdc on clean, codec png: collab 50.0 (device 40.0, cloud 60.0, greedy oracle 55.0), "
                            "gain captured 67%, upload rate 10.0% (target 10.0%), 2.5 kB up/frame (25 kB per upload)")
 
 

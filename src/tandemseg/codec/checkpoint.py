@@ -23,7 +23,7 @@ from torch import nn
 from tandemseg.codec.config import CodecConfig
 from tandemseg.codec.errors import CodecCheckpointError, CodecError
 from tandemseg.codec.model import FeatureCodec
-from tandemseg.models.checkpoint import git_commit
+from tandemseg.models.checkpoint import git_commit, read_json_card
 
 CARD_VERSION = 1
 KIND = "codec"
@@ -85,17 +85,11 @@ def save_codec(folder: str | Path, codec: FeatureCodec, device_hash: str, *, dat
 
 
 def read_codec_card(folder: str | Path) -> dict:
-    folder = Path(folder)
-    path = folder / CARD
-    if not path.is_file():
-        raise CodecCheckpointError(f"{folder} has no {CARD}; pass a codec checkpoint folder (written by save_codec)")
-    try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CodecCheckpointError(f"{path} is not valid JSON ({e})") from None
-    missing = [k for k in ("kind", "config", "codec_id", "device_hash") if k not in card]
-    if missing or card["kind"] != KIND:
-        raise CodecCheckpointError(f"{path} is not a codec card (kind {card.get('kind')!r}, missing {missing})")
+    path = Path(folder) / CARD
+    card = read_json_card(path, CodecCheckpointError, ("kind", "config", "codec_id", "device_hash"),
+                          "pass a codec checkpoint folder (written by save_codec)")
+    if card["kind"] != KIND:
+        raise CodecCheckpointError(f"{path} is not a codec card (kind {card.get('kind')!r})")
     return card
 
 

@@ -25,10 +25,12 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from tandemseg.device.uncertainty import UncertaintyMatrix, mean_probs, pixel_entropy, pixel_second_moment
 from tandemseg.errors import SpecError
+from tandemseg.exits.confidence import (  # MESS eq. 7-9, one implementation for exits and uploads
+    image_confidence,
+)
 
 
 @dataclass
@@ -201,32 +203,6 @@ class ConfidencePolicy(Policy):
 
     def score(self, obs: FrameObservation) -> float:
         return 1.0 - image_confidence(obs.probs, self.pixel_threshold, self.edge_smoothing, self.stride)
-
-
-def semantic_edges(pred: np.ndarray, stride: int) -> np.ndarray:
-    """Eq. 8: label boundaries of the predicted map (where a 4-neighbour differs), widened by `stride` pixels.
-
-    The paper writes erode(cannyEdge(y_hat), s); eroding a one-pixel edge map would empty it, so we read it
-    as growing the edge band by the output stride (a Canny detector on a piecewise-constant label map
-    fires exactly at label changes).
-    """
-    edge = np.zeros(pred.shape, dtype=bool)
-    edge[:-1, :] |= pred[:-1, :] != pred[1:, :]
-    edge[1:, :] |= pred[1:, :] != pred[:-1, :]
-    edge[:, :-1] |= pred[:, :-1] != pred[:, 1:]
-    edge[:, 1:] |= pred[:, 1:] != pred[:, :-1]
-    return ndimage.binary_dilation(edge, iterations=stride) if stride > 0 else edge
-
-
-def image_confidence(probs: torch.Tensor, pixel_threshold: float, edge_smoothing: bool = True, stride: int = 1) -> float:
-    """MESS eq. 7 (with eq. 8-9 when `edge_smoothing`): fraction of confident pixels of a (C, h, w) map."""
-    top1, pred = probs.max(0)  # (h, w) each
-    conf = top1.numpy()
-    if edge_smoothing:
-        edges = semantic_edges(pred.numpy(), stride)
-        smoothed = ndimage.median_filter(conf, size=4 * stride + 1, mode="nearest")
-        conf = np.where(edges, smoothed, conf)
-    return float((conf >= pixel_threshold).mean())
 
 
 class RandomPolicy(Policy):

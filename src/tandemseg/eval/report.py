@@ -77,20 +77,60 @@ def load_sweeps(folder: Path, prefix: str, order: Sequence[str] = OFFLOADING_SHI
     return [runs[shift] for shift in order if shift in runs]
 
 
+def ci_text(interval: Sequence[float] | None, digits: int = 1, signed: bool = False) -> str:
+    """' [lo, hi]' in percent for a 95% bootstrap interval; '' when the JSON has none."""
+    if not interval or interval[0] is None or interval[1] is None:
+        return ""
+    spec = f"+.{digits}f" if signed else f".{digits}f"
+    lo, hi = (round(100 * v, digits) + 0.0 for v in interval)  # + 0.0: no '-0.0'
+    return f" [{lo:{spec}}, {hi:{spec}}]"
+
+
 def collab_cell(row: dict | None) -> str:
-    return "-" if row is None else f"{pct(row['collab_miou'])} ({pct(row['upload_rate'], 0)}%)"
+    if row is None:
+        return "-"
+    return f"{pct(row['collab_miou'])}{ci_text(row.get('collab_miou_ci'))} ({pct(row['upload_rate'], 0)}%)"
 
 
 def gain_cell(row: dict | None) -> str:
-    return "-" if row is None or row["gain_captured"] is None else f"{pct(row['gain_captured'], 0)}%"
+    if row is None or row["gain_captured"] is None:
+        return "-"
+    return f"{pct(row['gain_captured'], 0)}%{ci_text(row.get('gain_captured_ci'), 0)}"
+
+
+def vs_random_cell(row: dict | None) -> str:
+    """The policy's collab mIoU minus random's at the same target rate, with the paired interval."""
+    delta = None if row is None else (row.get("vs") or {}).get("random")
+    return "-" if delta is None else f"{100 * delta['collab_miou_delta']:+.1f}{ci_text(delta.get('ci'), signed=True)}"
+
+
+def model_cell(sweep: dict, key: str) -> str:
+    return f"{pct(sweep[key])}{ci_text(sweep.get(key + '_ci'))}"
+
+
+def auc_table(sweeps: list[dict], policies: Sequence[str]) -> list[str]:
+    """Mean collab mIoU over the swept target rates in 2-30% (trapezoid area / rate extent), per stream."""
+    if not all("auc" in s for s in sweeps):
+        return []
+    rows = []
+    for policy in policies:
+        cells = []
+        for s in sweeps:
+            auc = s["auc"]["policies"].get(policy)
+            delta = None if auc is None else (auc.get("vs") or {}).get("random")
+            cells.append("-" if auc is None else f"{pct(auc['auc'])}{ci_text(auc.get('auc_ci'))}"
+                         + ("" if delta is None else f"; {100 * delta['auc_delta']:+.1f}{ci_text(delta.get('ci'), signed=True)} vs random"))
+        rows.append([policy, *cells])
+    title = "mean collab mIoU % over target rates 2-30% (area under the curve / rate extent) [95% CI]; minus random's, pp [paired 95% CI]"
+    return [f"**{title}**", "", *markdown_table(["policy", *(s["shift"] for s in sweeps)], rows), ""]
 
 
 def sweep_table(sweeps: list[dict], policies: Sequence[str], cell: Callable[[dict | None], str], title: str) -> list[str]:
     """One table: a column per (shift, target rate), a row per policy, with device-only and cloud-only rows first."""
     rates = sweeps[0]["rates"]
     header = ["policy", *(f"{s['shift']} {int(100 * r)}%" for s in sweeps for r in rates)]
-    rows = [["device only", *(pct(s["device_miou"]) for s in sweeps for _ in rates)],
-            ["cloud only", *(pct(s["cloud_miou"]) for s in sweeps for _ in rates)]]
+    rows = [["device only", *(model_cell(s, "device_miou") for s in sweeps for _ in rates)],
+            ["cloud only", *(model_cell(s, "cloud_miou") for s in sweeps for _ in rates)]]
     for policy in policies:
         cells = []
         for s in sweeps:
@@ -103,10 +143,13 @@ def sweep_table(sweeps: list[dict], policies: Sequence[str], cell: Callable[[dic
 def sweep_section(sweeps: list[dict], heading: str, policies: Sequence[str] = OFFLOADING_POLICIES) -> list[str]:
     """The three tables of one controller: collab mIoU, gain captured, and gain captured by the U variants."""
     variants = list(dict.fromkeys(r["policy"] for r in sweeps[0]["rows"] if r["policy"].startswith("acdc:")))
+    frames = ", ".join(f"{s['shift']} {s['bootstrap']['frames']} frames" for s in sweeps if "bootstrap" in s)
     return [
-        f"### {heading}", "",
-        *sweep_table(sweeps, policies, collab_cell, "collab mIoU % (achieved upload rate)"),
-        *sweep_table(sweeps, policies, gain_cell, "gain captured = (collab - device) / (oracle - device), oracle at the same number of uploads"),
+        f"### {heading}", "", *([f"Streams: {frames}.", ""] if frames else []),
+        *auc_table(sweeps, [*policies, *variants]),
+        *sweep_table(sweeps, policies, collab_cell, "collab mIoU % [95% CI] (achieved upload rate)"),
+        *sweep_table([s for s in sweeps], [p for p in policies if p != "random"], vs_random_cell, "collab mIoU minus random's at the same target rate, pp [paired 95% CI]"),
+        *sweep_table(sweeps, policies, gain_cell, "gain captured = (collab - device) / (oracle - device) [95% CI]; oracle: greedy search at round(target x frames) uploads"),
         *sweep_table(sweeps, ["acdc", *variants], gain_cell, "ablation: gain captured by U variants"),
     ]
 
@@ -120,8 +163,8 @@ def cost_line(sweep: dict, rate: float = 0.1) -> str:
 
 def run_line(name: str, r: dict) -> str:
     """One single `collab` run through the DeviceRuntime, as a list item."""
-    return (f"- `{name}`: {r['policy']} on {r['shift']}, codec {r['codec']}: collab {pct(r['collab_miou'])} (device {pct(r['device_miou'])}, "
-            f"cloud {pct(r['cloud_miou'])}, oracle {pct(r['oracle_miou'])}), gain captured {gain_cell(r)}, upload rate {pct(r['upload_rate'])}% "
+    return (f"- `{name}`: {r['policy']} on {r['shift']}, codec {r['codec']}: collab {pct(r['collab_miou'])}{ci_text(r.get('collab_miou_ci'))} "
+            f"(device {pct(r['device_miou'])}, cloud {pct(r['cloud_miou'])}, greedy oracle {pct(r['oracle_miou'])}), gain captured {gain_cell(r)}, upload rate {pct(r['upload_rate'])}% "
             f"(target {pct(r['target_rate'])}%), {r['bytes_up_per_frame'] / 1e3:.1f} kB up/frame "
             f"({(r['bytes_up_per_upload'] or 0) / 1e3:.0f} kB per upload), device {r['device_ms']:.1f} ms + scoring {r['score_ms']:.2f} ms "
             f"({100 * (r['score_overhead'] or 0):.1f}%), runtime and cached paths agree: {r.get('paths_agree', '-')}")

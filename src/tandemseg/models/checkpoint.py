@@ -92,20 +92,27 @@ def update_card(folder: str | Path, metrics: dict) -> None:
     tmp.replace(path)
 
 
+def read_json_card(path: Path, error: type[Exception], required: tuple[str, ...], hint: str) -> dict:
+    """A card's JSON with its required keys, or `error` saying what is wrong (shared by model and codec cards)."""
+    if not path.is_file():
+        raise error(f"{path.parent} has no {path.name}; {hint}")
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}); restore it from version control or re-run the recipe") from None
+    missing = [k for k in required if k not in card] if isinstance(card, dict) else list(required)
+    if missing:
+        raise error(f"{path} lacks the key(s) {missing}; it was not written by tandemseg")
+    return card
+
+
 def read_card(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}. Pass a folder holding {WEIGHTS} and {CARD} (e.g. checkpoints/synthetic-device).")
     card_path = folder / CARD
-    if not card_path.is_file():
-        raise CheckpointError(f"{folder} has no {CARD}; it is not a tandemseg checkpoint (or training has not saved one yet)")
-    try:
-        card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{card_path} is not valid JSON ({e}); restore it from version control or re-run the recipe") from None
-    for key in ("kind", "config", "classes"):
-        if key not in card:
-            raise CheckpointError(f"{card_path} lacks the key {key!r}; it was not written by tandemseg")
+    card = read_json_card(card_path, CheckpointError, ("kind", "config", "classes"),
+                          "it is not a tandemseg checkpoint (or training has not saved one yet)")
     if card["kind"] not in MODEL_KINDS:
         raise CheckpointError(f"{card_path} names model kind {card['kind']!r}; valid: {', '.join(MODEL_KINDS)}")
     return card
