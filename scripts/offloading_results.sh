@@ -43,6 +43,9 @@ CALIB=clean,shot_noise:3,impulse_noise:3,zoom_blur:3,brightness:3,pixelate:3,ela
 RATES=0.02,0.05,0.1,0.2,0.3  # the AUC covers 2-30%
 REPEATS=3  # shift schedules per shifted stream
 COMMON=(--threads 1 --cache-dir "$CACHE")
+# Partial re-runs: FIT=0 reuses the U files already fitted (the fits are deterministic), SHIFTS picks the
+# conditions of step 2, RUNS=0 skips the single runs of step 3.
+SHIFTS=${SHIFTS:-clean dusk fog:3 gaussian_noise:3 stream:mixed/10}
 
 for f in "$DEV/card.json" "$CLOUD/card.json"; do
   [[ -f $f ]] || { echo "missing $f: train the checkpoints first (see docs/results/models.md)" >&2; exit 1; }
@@ -50,10 +53,11 @@ done
 
 # 1. U for the committed device model (the headline), and the ablation variants. The eq. 5
 #    statistics are computed once per calibration set (cached), every refit takes milliseconds.
-$RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
-  --lambda auto --out "$U" "${COMMON[@]}" --json "$OUT/fit.json"
 V="$OUT/u"
 mkdir -p "$V"
+if [[ ${FIT:-1} == 1 ]]; then
+$RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
+  --lambda auto --out "$U" "${COMMON[@]}" --json "$OUT/fit.json"
 for lam in 0.3 0.5 0.7 0.9; do
   $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB" --passes 2 \
     --lambda $lam --out "$V/lam$lam.safetensors" "${COMMON[@]}" --json "$V/lam$lam.json"
@@ -68,6 +72,7 @@ $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts "$CALIB
   --lambda auto --feature pixel --out "$V/pixel.safetensors" "${COMMON[@]}" --json "$V/pixel.json"
 $RUN fit-uncertainty --ckpt "$DEV" --data "$DATA" --split train --shifts clean \
   --lambda auto --out "$V/clean-calib.safetensors" "${COMMON[@]}" --json "$V/clean-calib.json"
+fi
 VARIANTS=()
 for name in lam0.3 lam0.5 lam0.7 lam0.9 kernel set entropy-feature pixel clean-calib; do
   VARIANTS+=(--variant "$name=$V/$name.safetensors")
@@ -80,7 +85,7 @@ repeats() { [[ $1 == clean ]] && echo 1 || echo "$REPEATS"; }  # clean frames ar
 #    (ablation), curves with interval bands as PNG. The same again with the per-stream top-k threshold
 #    (`--controller hindsight`, not causal): it separates how well a score ranks frames from what the
 #    causal controller makes of it.
-for shift in clean dusk fog:3 gaussian_noise:3 stream:mixed/10; do
+for shift in $SHIFTS; do
   name=${shift//[:\/]/-}
   for ctl in window hindsight; do
     prefix=$([[ $ctl == window ]] && echo sweep || echo hindsight)
@@ -91,6 +96,7 @@ for shift in clean dusk fog:3 gaussian_noise:3 stream:mixed/10; do
 done
 
 # 3. Single runs through the real DeviceRuntime + InProcessLink (bytes, latency, paths agree).
+if [[ ${RUNS:-1} == 1 ]]; then
 for shift in clean stream:mixed/10; do
   name=${shift//[:\/]/-}
   $RUN collab --data "$DATA" --split val --shift "$shift" --repeat-schedules "$(repeats "$shift")" --device-ckpt "$DEV" \
@@ -105,6 +111,7 @@ done
 $RUN collab --data "$DATA" --split val --shift stream:mixed/10 --repeat-schedules "$REPEATS" --device-ckpt "$DEV" \
   --cloud-ckpt "$CLOUD" --uncertainty "$U" --policy acdc --bytes-per-s 30000 --fps 10 "${LIMIT[@]}" "${COMMON[@]}" \
   --json "$OUT/run-acdc-bytes.json"
+fi
 
 # 4. Tables (docs/results/offloading/<kind>/tables.md).
 $T report offloading "$OUT"

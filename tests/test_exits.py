@@ -287,7 +287,7 @@ def test_confidence_is_one_implementation_shared_with_the_upload_policy() -> Non
     """Exits and the `confidence` upload policy score frames with the same eq. 7-9 code."""
     from tandemseg.device import policies
 
-    assert policies.image_confidence is image_confidence and policies.semantic_edges is semantic_edges
+    assert policies.image_confidence is image_confidence
     rng = torch.Generator().manual_seed(0)
     for trial in range(12):
         c, h, w = 2 + trial % 4, 7 + trial, 9 + 2 * trial

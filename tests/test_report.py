@@ -138,11 +138,13 @@ def test_committed_tables_are_what_the_report_builds() -> None:
     """The committed tables came from these functions: rebuilding them from the committed JSON changes nothing."""
     root = Path(__file__).resolve().parents[1] / "docs" / "results"
     pairs = [(report.models_table, root / "models" / "synthetic", "table.md"),
-             (report.offloading_tables, root / "offloading" / "synthetic", "tables.md"),
+             (report.models_table, root / "models" / "camvid", "table.md"),
+             (report.offloading_tables, root / "offloading" / "camvid", "tables.md"),
              (report.service_tables, root / "service", "tables.md")]
-    for build, folder, name in pairs:
-        if not (folder / name).is_file():
-            pytest.skip(f"{folder / name} is not committed")
+    present = [(build, folder, name) for build, folder, name in pairs if (folder / name).is_file()]
+    if not present:
+        pytest.skip("no results tables are committed")
+    for build, folder, name in present:
         assert build(folder) == (folder / name).read_text(), folder
 
 
