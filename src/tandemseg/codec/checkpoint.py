@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tandemseg.codec.config import CodecConfig
 from tandemseg.codec.errors import CodecCheckpointError, CodecError
 from tandemseg.codec.model import FeatureCodec
-from tandemseg.models.checkpoint import git_commit, read_json_card
+from tandemseg.models.checkpoint import git_commit, read_json_card, read_weights
 
 CARD_VERSION = 1
 KIND = "codec"
@@ -121,13 +120,7 @@ def load_codec(folder: str | Path, device: nn.Module | None = None, device_hash:
 
 
 def _read_state(folder: Path, codec: FeatureCodec) -> dict[str, torch.Tensor]:
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise CodecCheckpointError(f"{folder} has a card but no {WEIGHTS}")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CodecCheckpointError(f"{weights} is corrupt or truncated ({e})") from None
+    state = read_weights(folder, CodecCheckpointError)
     expected = codec.state_dict()
     resizable = {n for name, m in codec.named_modules() if hasattr(m, "table_names") for n in m.table_names(f"{name}." if name else "")}
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

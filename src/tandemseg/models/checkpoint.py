@@ -106,6 +106,17 @@ def read_json_card(path: Path, error: type[Exception], required: tuple[str, ...]
     return card
 
 
+def read_weights(folder: Path, error: type[Exception], hint: str = "") -> dict[str, torch.Tensor]:
+    """`folder/weights.safetensors`, or `error` naming what is missing or corrupt (model and codec checkpoints)."""
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise error(f"{folder} has a card but no {WEIGHTS}")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise error(f"{weights} is corrupt or truncated ({e}){hint}") from None
+
+
 def read_card(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
@@ -134,13 +145,7 @@ def load_checkpoint(folder: str | Path, expect_kind: str | None = None, expect_c
         model = build_model(card["kind"], card["config"])
     except Exception as e:
         raise CheckpointError(f"{folder}/{CARD}: cannot build the model from its config ({e})") from None
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{folder} has a card but no {WEIGHTS}")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights} is corrupt or truncated ({e}); re-run the recipe: {card.get('recipe', '?')}") from None
+    state = read_weights(folder, CheckpointError, f"; re-run the recipe: {card.get('recipe', '?')}")
     check_state_matches(model, state, folder)
     model.load_state_dict(state)
     model.eval()
