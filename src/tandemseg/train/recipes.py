@@ -45,7 +45,7 @@ def default_recipe(kind: str, data_kind: str) -> TrainConfig:
             aug = AugmentConfig(crop=(256, 352), scale_range=(0.5, 1.75), color_jitter=0.3)
             return TrainConfig(epochs=10, batch_size=8, lr=3e-3, augment=aug, val_every=1)
         # ImageNet Lite0 fine-tuned on whole frames (the device sees them at half resolution): stem and the
-        # first two stages frozen, encoder at a quarter of the head's learning rate. About 55 s an epoch on 2 threads.
+        # first two stages frozen, encoder at a quarter of the head's learning rate. About 3.3 min an epoch on 1 thread (measured).
         aug = AugmentConfig(crop=(360, 480), scale_range=(0.75, 1.5), color_jitter=0.2, hue=0.0)
         return TrainConfig(epochs=16, batch_size=8, lr=2e-3, augment=aug, val_every=1, freeze_stages=2, encoder_lr_mult=0.25)
     if synthetic:
