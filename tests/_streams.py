@@ -9,14 +9,14 @@ import numpy as np
 import torch
 
 from tandemseg.data.classes import ClassTable
-from tandemseg.eval import collab as C
+from tandemseg.eval import cache as K
 
 
 def classes(c: int) -> ClassTable:
     return ClassTable(tuple(f"k{i}" for i in range(c)), ((0, 0, 0),) * c)
 
 
-def dense_cache(n: int, seed: int, c: int = 5) -> C.CollabCache:
+def dense_cache(n: int, seed: int, c: int = 5) -> K.CollabCache:
     """Every class in most frames, the cloud right more often than the device (random confusion counts)."""
     rng = np.random.default_rng(seed)
 
@@ -29,7 +29,7 @@ def dense_cache(n: int, seed: int, c: int = 5) -> C.CollabCache:
     return from_cms(cms(60), cms(200), seed)
 
 
-def sparse_cache(n: int, seed: int, c: int = 8) -> C.CollabCache:
+def sparse_cache(n: int, seed: int, c: int = 8) -> K.CollabCache:
     """Frames holding 1-3 classes of very different sizes: dataset mIoU is far from a sum over frames."""
     rng = np.random.default_rng(seed)
     dev = np.zeros((n, c, c), np.int64)
@@ -45,7 +45,7 @@ def sparse_cache(n: int, seed: int, c: int = 8) -> C.CollabCache:
 
 
 def from_cms(device_cm: np.ndarray, cloud_cm: np.ndarray, seed: int = 0, groups: np.ndarray | None = None,
-             bytes_up: np.ndarray | None = None, hw: tuple[int, int] = (6, 8)) -> C.CollabCache:
+             bytes_up: np.ndarray | None = None, hw: tuple[int, int] = (6, 8)) -> K.CollabCache:
     """A cache around given per-frame matrices, with seeded coarse probabilities (policies score them),
     cloud label maps at twice the coarse size (DCAM reads them) and payload sizes."""
     n, c, _ = device_cm.shape
@@ -56,5 +56,5 @@ def from_cms(device_cm: np.ndarray, cloud_cm: np.ndarray, seed: int = 0, groups:
     rng = np.random.default_rng(seed)
     pred = [rng.integers(0, c, (2 * hw[0], 2 * hw[1])).astype(np.uint8) for _ in range(n)]
     up = np.full(n, 1000) if bytes_up is None else np.asarray(bytes_up)
-    return C.CollabCache(classes(c), probs, device_cm, cloud_cm, pred, up, np.full(n, 100), np.ones(n), np.ones(n), ["clean"] * n,
+    return K.CollabCache(classes(c), probs, device_cm, cloud_cm, pred, up, np.full(n, 100), np.ones(n), np.ones(n), ["clean"] * n,
                          groups=groups)

@@ -7,7 +7,7 @@ import pytest
 from _streams import dense_cache
 
 from tandemseg.eval import bootstrap as B
-from tandemseg.eval import collab as C
+from tandemseg.eval import metrics as M
 
 
 def test_weights_resample_source_frames_with_replacement() -> None:
@@ -32,8 +32,8 @@ def test_resampled_miou_matches_a_loop_over_drawn_frames() -> None:
     got = B.resampled_miou(cache.device_cm, weights)
     for b, d in enumerate(draws):
         cm = sum(cache.device_cm[i] for i in d)  # the resampled stream, frame by frame
-        assert got[b] == pytest.approx(C.miou_of(cm), abs=1e-12)
-    assert B.resampled_miou(cache.device_cm, np.ones((1, 15)))[0] == pytest.approx(C.miou_of(cache.device_cm.sum(0)), abs=1e-12)
+        assert got[b] == pytest.approx(M.miou_of(cm), abs=1e-12)
+    assert B.resampled_miou(cache.device_cm, np.ones((1, 15)))[0] == pytest.approx(M.miou_of(cache.device_cm.sum(0)), abs=1e-12)
 
 
 def test_percentile_interval() -> None:
@@ -54,7 +54,7 @@ def test_interval_is_zero_when_every_frame_is_alike_and_widens_with_heterogeneit
     lo, hi = boot.ci(boot.miou(same))
     assert hi - lo == pytest.approx(0.0, abs=1e-12)
     lo, hi = boot.ci(boot.miou(cache.device_cm))
-    assert hi - lo > 0.01 and lo <= C.miou_of(cache.device_cm.sum(0)) <= hi
+    assert hi - lo > 0.01 and lo <= M.miou_of(cache.device_cm.sum(0)) <= hi
 
 
 def test_rate_auc_is_the_trapezoid_mean_over_the_span() -> None:

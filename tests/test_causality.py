@@ -15,14 +15,15 @@ import torch
 from _streams import dense_cache, from_cms
 from _tiny import CLOUD_TINY, DEVICE_TINY
 
-from tandemseg.cloud.service import CloudService
+from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.base import Sample
 from tandemseg.data.classes import CAMVID
 from tandemseg.device.budget import BudgetSpec
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.uncertainty import UncertaintyMatrix
-from tandemseg.eval import collab as C
+from tandemseg.eval import cache as K
+from tandemseg.eval import replay as R
 from tandemseg.models.registry import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,7 +37,7 @@ BUDGETS = {
 }
 
 
-def future_changed(cache: C.CollabCache, t: int, seed: int) -> C.CollabCache:
+def future_changed(cache: K.CollabCache, t: int, seed: int) -> K.CollabCache:
     """The same stream up to frame t - 1; frames >= t replaced (sharper probabilities, other matrices and labels,
     payloads 10x larger)."""
     other = dense_cache(cache.frames, seed, c=cache.classes.num_classes)
@@ -49,7 +50,7 @@ def future_changed(cache: C.CollabCache, t: int, seed: int) -> C.CollabCache:
 
 
 @pytest.fixture(scope="module")
-def streams() -> tuple[C.CollabCache, C.CollabCache]:
+def streams() -> tuple[K.CollabCache, K.CollabCache]:
     base = dense_cache(N, 0)
     return base, future_changed(base, T, 1)
 
@@ -66,7 +67,7 @@ CASES = [(p, b, 0.0) for p in POLICIES for b in BUDGETS] + [(p, b, 0.5) for p in
 @pytest.mark.parametrize(("policy", "budget", "dcam"), CASES)
 def test_replay_decisions_ignore_the_future(policy, budget, dcam, streams, u5) -> None:
     base, changed = streams
-    reps = [C.replay_run(cache, C.PolicyRun(policy, BUDGETS[budget], u5, seed=3, dcam_alpha=dcam, params={"warmup": 4} if policy == "cema" else {}))
+    reps = [R.replay_run(cache, R.PolicyRun(policy, BUDGETS[budget], u5, seed=3, dcam_alpha=dcam, params={"warmup": 4} if policy == "cema" else {}))
             for cache in (base, changed)]
     assert reps[0].mask[:T].any(), "no upload before the change: the test would prove nothing"
     assert np.array_equal(reps[0].mask[:T], reps[1].mask[:T])
@@ -102,10 +103,10 @@ class Frames:
         return self.samples[i]
 
 
-def runtime_decisions(run: C.PolicyRun, frames: Frames, device, cloud) -> tuple[list[bool], int]:
+def runtime_decisions(run: R.PolicyRun, frames: Frames, device, cloud) -> tuple[list[bool], int]:
     policy, controller, u = run.make()
     dcam = run.dcam()
-    service = CloudService(cloud, CAMVID, dcam_alpha=run.dcam_alpha, initial_u=None if dcam is None else dcam.initial_u,
+    service = CloudService(ModelSegmenter(cloud), CAMVID, dcam_alpha=run.dcam_alpha, initial_u=None if dcam is None else dcam.initial_u,
                            dcam_settings=None if dcam is None else dcam.settings)
     rt = DeviceRuntime(device, policy, controller, InProcessLink(service), send_device_probs=dcam is not None, uncertainty=u)
     decisions = [rt.finish(rt.process(s.image, i)).uploaded for i, s in enumerate(frames.samples)]
@@ -124,7 +125,7 @@ def test_runtime_decisions_ignore_the_future(policy, budget, dcam) -> None:
     spec = small if budget == "bytes" else BUDGETS[budget]
     # an untrained model is unsure everywhere: CEMA's band is opened up to ln C so its frames are eligible
     cema = {"warmup": 2, "batch": 2, "high_margin": 1.0}
-    run = C.PolicyRun(policy, spec, um, dcam_alpha=dcam, params=cema if policy == "cema" else {})
+    run = R.PolicyRun(policy, spec, um, dcam_alpha=dcam, params=cema if policy == "cema" else {})
     n, t = 24, 14
     before, v0 = runtime_decisions(run, Frames(n), device, cloud)
     after, _ = runtime_decisions(run, Frames(n, change_at=t), device, cloud)

@@ -11,7 +11,7 @@ import pytest
 from _service_helpers import C, save_tiny, tiny_cloud, upload
 
 from tandemseg.cloud.dcam import Dcam, DcamSettings, dcam_update
-from tandemseg.cloud.service import CloudService
+from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.cloud.states import DeviceStateStore
 from tandemseg.cloud.uploads import decode_upload
 from tandemseg.data.classes import CAMVID
@@ -35,7 +35,7 @@ def expected_u(u: np.ndarray, req, reply, alpha: float, settings: DcamSettings) 
 
 
 def test_each_device_gets_its_own_dcam_updates(cloud) -> None:
-    service = CloudService(cloud, CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
+    service = CloudService(ModelSegmenter(cloud), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
     a1, a2, b = upload("a", 0, seed=1), upload("a", 1, seed=2), upload("b", 0, probs=False)
     r1 = service.segment_batch([a1])[0]
     u1 = expected_u(np.eye(C), a1, r1, 0.5, DcamSettings())
@@ -55,8 +55,8 @@ def test_each_device_gets_its_own_dcam_updates(cloud) -> None:
 def test_dcam_follows_the_settings_the_u_was_fitted_with(cloud) -> None:
     req = upload("a", 0, seed=3)
     fitted = DcamSettings(stats="set", lam=0.9, gamma=2.0)
-    plain = CloudService(cloud, CAMVID, 0.5, np.eye(C)).segment_batch([req])[0]
-    follow = CloudService(cloud, CAMVID, 0.5, np.eye(C), dcam_settings=fitted).segment_batch([req])[0]
+    plain = CloudService(ModelSegmenter(cloud), CAMVID, 0.5, np.eye(C)).segment_batch([req])[0]
+    follow = CloudService(ModelSegmenter(cloud), CAMVID, 0.5, np.eye(C), dcam_settings=fitted).segment_batch([req])[0]
     assert np.allclose(follow.u_matrix, expected_u(np.eye(C), req, follow, 0.5, fitted), atol=1e-6)
     assert not np.allclose(follow.u_matrix, plain.u_matrix, atol=1e-4)  # the settings matter
 
@@ -74,12 +74,12 @@ def test_serve_reads_dcam_settings_from_the_u_file(tmp_path) -> None:
 
 
 def test_segment_is_stateless_and_pairs_replies_with_evidence(cloud) -> None:
-    service = CloudService(cloud, CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
+    service = CloudService(ModelSegmenter(cloud), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
     out = service.segment([upload("a", 0), upload("a", 1, probs=False)])
     assert [reply.frame_id for reply, _ in out] == [0, 1]
     assert out[0][1] is not None and out[1][1] is None  # evidence needs the device's probabilities
     assert service.device_state("a")["frames"] == 0  # no state was touched
-    assert CloudService(cloud, CAMVID).segment([upload("a", 0)])[0][1] is None  # DCAM off: no evidence
+    assert CloudService(ModelSegmenter(cloud), CAMVID).segment([upload("a", 0)])[0][1] is None  # DCAM off: no evidence
 
 
 def test_uploads_are_checked_before_the_forward() -> None:
@@ -113,7 +113,7 @@ def test_store_copies_initial_u_and_refuses_bad_matrices() -> None:
 
 def test_dcam_refuses_alpha_outside_the_unit_interval(cloud) -> None:
     with pytest.raises(ValueError, match="dcam_alpha"):
-        CloudService(cloud, CAMVID, dcam_alpha=1.5)
+        CloudService(ModelSegmenter(cloud), CAMVID, dcam_alpha=1.5)
 
 
 def test_one_json_sanitiser() -> None:

@@ -1,5 +1,5 @@
 """Collaborative evaluation: payload codecs, the cloud service, the runtime + in-process link, the cached
-sweeps (which must agree with the runtime), comparisons at the target rate (greedy oracle at the target
+sweeps (replays of the runtime over a cache), comparisons at the target rate (greedy oracle at the target
 count, paired bootstrap intervals, AUC), repeated shift schedules, and the `collab`/`fit-uncertainty` CLI.
 The oracle against exhaustive search: test_oracle.py; causality of every path: test_causality.py."""
 
@@ -16,15 +16,19 @@ from _streams import dense_cache, from_cms
 from _tiny import CLOUD_TINY, DEVICE_TINY, run_main
 
 from tandemseg.cloud import dcam as D
-from tandemseg.cloud.service import CloudService
+from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.base import Sample
 from tandemseg.data.classes import CAMVID
-from tandemseg.device.budget import BudgetSpec, WindowController
+from tandemseg.device.budget import BudgetSpec, WindowController, make_controller
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.uncertainty import UncertaintyMatrix
+from tandemseg.eval import cache as K
 from tandemseg.eval import collab as C
+from tandemseg.eval import metrics as M
+from tandemseg.eval import oracle as O
+from tandemseg.eval import replay as R
 from tandemseg.models.checkpoint import save_checkpoint
 from tandemseg.models.registry import build_model
 from tandemseg.wire import payload as W
@@ -79,7 +83,7 @@ class SmallStream:
 def stream_cache(models):
     dev, cloud = models
     ds = SmallStream()
-    return ds, C.build_cache(ds, dev, cloud, "png")
+    return ds, K.build_cache(ds, dev, cloud, "png")
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +138,7 @@ def request(img: np.ndarray, frame_id: int, device_id: str = "d", **kw) -> Uploa
 def test_service_batches_by_size_and_matches_single_forward(models) -> None:
     _, cloud = models
     ds = SmallStream(6)
-    service = CloudService(cloud, CAMVID)
+    service = CloudService(ModelSegmenter(cloud), CAMVID)
     replies = service.segment_batch([request(s.image, i) for i, s in enumerate(ds.samples)])
     assert [r.frame_id for r in replies] == list(range(6))
     for s, r in zip(ds.samples, replies, strict=True):
@@ -162,7 +166,7 @@ def test_service_dcam_updates_per_device(models, monkeypatch) -> None:
     calls: list = []
     monkeypatch.setattr("tandemseg.cloud.dcam.dcam_evidence", flag_everything(calls))
     settings = D.DcamSettings(lam=0.8)
-    service = CloudService(cloud, CAMVID, dcam_alpha=0.5, initial_u=np.eye(11), dcam_settings=settings)
+    service = CloudService(ModelSegmenter(cloud), CAMVID, dcam_alpha=0.5, initial_u=np.eye(11), dcam_settings=settings)
     img = SmallStream(1).samples[0].image
     data, shape = W.pack_probs(torch.full((11, 3, 4), 1 / 11).numpy())
     r1 = service.segment_batch([request(img, 0, "a", device_probs=data, device_probs_shape=shape)])[0]
@@ -177,7 +181,7 @@ def test_runtime_uses_the_cloud_reply_and_applies_u(models, monkeypatch) -> None
     dev, cloud = models
     monkeypatch.setattr("tandemseg.cloud.dcam.dcam_evidence", flag_everything())
     um = UncertaintyMatrix(np.eye(11), CAMVID)
-    service = CloudService(cloud, CAMVID, dcam_alpha=0.3, initial_u=um.u)
+    service = CloudService(ModelSegmenter(cloud), CAMVID, dcam_alpha=0.3, initial_u=um.u)
     rt = DeviceRuntime(dev, make_policy("all"), WindowController(0.1), InProcessLink(service), send_device_probs=True, uncertainty=um)
     s = SmallStream(1).samples[0]
     res = rt.finish(rt.process(s.image, 7))
@@ -223,20 +227,30 @@ def test_runtime_falls_back_to_the_device(models) -> None:
 # ----------------------------------------------------------------------------- cached path, oracle, agreement
 
 
-@pytest.mark.parametrize("policy", ["acdc", "entropy", "cema", "confidence", "random", "oracle", "all", "none"])
-def test_runtime_path_agrees_with_cached_path(policy, models, stream_cache, u_matrix) -> None:
+def test_replay_charges_the_recorded_bytes_and_answers_every_upload(models, stream_cache) -> None:
+    """The replaying steps: policy `all` uploads every frame at its recorded size and every upload is answered."""
+    _, cache = stream_cache
+    rep = R.replay_run(cache, R.PolicyRun("all", BudgetSpec(rate=1.0)))
+    assert rep.mask.all()
+    assert C.selection_metrics(cache, rep.mask, 1.0)["bytes_up_per_frame"] == pytest.approx(cache.bytes_up.mean())
+
+
+def test_replay_payload_drops_or_keeps_the_probabilities_as_the_runtime_sends_them(models, stream_cache) -> None:
     dev, cloud = models
     ds, cache = stream_cache
-    run = C.PolicyRun(policy, BudgetSpec(rate=0.2), u_matrix, seed=1, params={"warmup": 4} if policy == "cema" else {})
-    cached, rep = C.run_cached(cache, run)
-    rt = C.run_runtime(ds, cache, run, dev, cloud, "png")
-    assert np.array_equal(rt["mask"], rep.mask)
-    assert rt["collab_miou"] == pytest.approx(cached["collab_miou"], abs=1e-12)
-    assert rt["bytes_up_per_frame"] == pytest.approx(cached["bytes_up_per_frame"])
+    with_probs = K.build_cache(ds, dev, cloud, "png", send_device_probs=True)
+    plain, both = R.CachedPayload(cache), R.CachedPayload(with_probs)
+    for i in range(cache.frames):
+        assert both.image_bytes(i) == plain.image_bytes(i) == cache.bytes_up[i] < with_probs.bytes_up[i]
+    out = R.CachedModel(with_probs).run(None, 0)
+    assert R.CachedPayload(with_probs, send_device_probs=True).build(None, 0, out, 0).bytes_up == with_probs.bytes_up[0]
+    with pytest.raises(ValueError, match="frame=None"):
+        R.CachedModel(cache).run(ds[0].image, 0)
 
 
-def test_runtime_and_cache_agree_with_dcam_in_the_loop(models, stream_cache, monkeypatch) -> None:
-    """Real DCAM on both paths, U_new fitted as the U's metadata says (lambda 0.9, set reading, gamma 2), not defaults."""
+def test_replay_runs_dcam_with_the_settings_u_was_fitted_with(models, stream_cache, monkeypatch) -> None:
+    """Real DCAM in the replay's cloud, U_new fitted as the U's metadata says (lambda 0.9, set reading, gamma 2), not
+    defaults; the device's U follows the cloud's versions."""
     dev, cloud = models
     ds, _ = stream_cache
     seen = []
@@ -246,36 +260,34 @@ def test_runtime_and_cache_agree_with_dcam_in_the_loop(models, stream_cache, mon
         seen.append(settings)
         return real(device_probs, pseudo_label, ignore_index, settings)
 
-    monkeypatch.setattr("tandemseg.cloud.dcam.dcam_evidence", recording)  # the service's and the replay's DCAM
+    monkeypatch.setattr("tandemseg.cloud.dcam.dcam_evidence", recording)
     a = np.random.default_rng(0).normal(size=(11, 11))
     um = UncertaintyMatrix(a + a.T, CAMVID, meta={"lambda": 0.9, "stats": "set", "gamma": 2.0})
-    cache_p = C.build_cache(ds, dev, cloud, "png", send_device_probs=True)
+    cache_p = K.build_cache(ds, dev, cloud, "png", send_device_probs=True)
     seen.clear()  # (the cache's cloud pass runs without DCAM)
-    run = C.PolicyRun("acdc", BudgetSpec(rate=0.25, mode="sa"), um, dcam_alpha=0.5)
-    cached, rep = C.run_cached(cache_p, run)
-    rt = C.run_runtime(ds, cache_p, run, dev, cloud, "png", send_device_probs=True)
-    assert rep.u_updates > 0 and rt["u_version"] == rep.u_updates
-    assert np.array_equal(rt["mask"], rep.mask)
-    assert rt["collab_miou"] == pytest.approx(cached["collab_miou"], abs=1e-12)
-    assert len(seen) == 2 * int(rep.mask.sum()) and set(seen) == {D.DcamSettings(stats="set", lam=0.9, gamma=2.0)}
+    run = R.PolicyRun("acdc", BudgetSpec(rate=0.25, mode="sa"), um, dcam_alpha=0.5)
+    rep = R.replay_run(cache_p, run)
+    assert rep.u_updates > 0
+    assert len(seen) == int(rep.mask.sum()) and set(seen) == {D.DcamSettings(stats="set", lam=0.9, gamma=2.0)}
+    assert np.array_equal(um.u, a + a.T)  # the run's U was a copy
 
 
 # ----------------------------------------------------------------------------- comparisons at the target rate
 
 
-def under_uploader(cache: C.CollabCache, k: int) -> np.ndarray:
+def under_uploader(cache: K.CollabCache, k: int) -> np.ndarray:
     """The oracle's own first k - 2 frames: a policy that picks well but uploads fewer frames than asked."""
-    mask = C.greedy_oracle_select(cache, k)
+    mask = O.greedy_oracle_select(cache, k)
     mask[np.flatnonzero(mask)[-2:]] = False
     return mask
 
 
 def test_gain_captured_is_against_the_oracle_at_the_target_count() -> None:
     cache = dense_cache(40, 1)
-    k = C.target_count(0.25, 40)
+    k = O.target_count(0.25, 40)
     m = C.selection_metrics(cache, under_uploader(cache, k), 0.25)
-    at_target = C.miou_of(C.collab_cm(cache, C.greedy_oracle_select(cache, k)))
-    at_achieved = C.miou_of(C.collab_cm(cache, C.greedy_oracle_select(cache, k - 2)))
+    at_target = M.miou_of(K.collab_cm(cache, O.greedy_oracle_select(cache, k)))
+    at_achieved = M.miou_of(K.collab_cm(cache, O.greedy_oracle_select(cache, k - 2)))
     assert m["target_uploads"] == k and m["uploads"] == k - 2 and m["rate_error"] == pytest.approx(-2 / 40)
     assert m["oracle_miou"] == pytest.approx(at_target) and at_target > at_achieved
     device = m["device_miou"]
@@ -292,7 +304,7 @@ def test_oracle_does_not_depend_on_the_policies_compared() -> None:
     rates = (0.05, 0.1, 0.2)
 
     def oracle_by_rate(policies: tuple[str, ...]) -> dict:
-        runs = [C.PolicyRun(p, BudgetSpec(rate=r), um) for r in rates for p in policies]
+        runs = [R.PolicyRun(p, BudgetSpec(rate=r), um) for r in rates for p in policies]
         res = C.sweep(cache, runs, resamples=50)
         assert all(abs(r["gain_captured"] - 1.0) < 1e-12 for r in res["rows"] if r["policy"] == "oracle")
         return {(r["target_rate"], r["policy"]): r["oracle_miou"] for r in res["rows"]}
@@ -307,7 +319,7 @@ def test_sweep_rows_intervals_differences_and_auc() -> None:
     cache = dense_cache(50, 3)
     um = UncertaintyMatrix(np.random.default_rng(1).normal(size=(5, 5)), cache.classes)
     rates = (0.02, 0.1, 0.2, 0.3, 0.5)
-    runs = [C.PolicyRun(p, BudgetSpec(rate=r, mode="sa"), um) for r in rates for p in ("acdc", "entropy", "random")]
+    runs = [R.PolicyRun(p, BudgetSpec(rate=r, mode="sa"), um) for r in rates for p in ("acdc", "entropy", "random")]
     res = C.sweep(cache, runs, resamples=200, seed=5)
     assert res["bootstrap"]["resamples"] == 200 and res["bootstrap"]["paired"] and "greedy" in res["oracle"]
     lo, hi = res["device_miou_ci"]
@@ -340,7 +352,7 @@ def test_sweep_rows_intervals_differences_and_auc() -> None:
 def test_paired_difference_of_identical_runs_is_exactly_zero() -> None:
     """Same draws for every run: two labels for the same selection differ by 0 in every resample."""
     cache = dense_cache(40, 4)
-    runs = [C.PolicyRun("entropy", BudgetSpec(rate=0.2)), C.PolicyRun("entropy", BudgetSpec(rate=0.2))]
+    runs = [R.PolicyRun("entropy", BudgetSpec(rate=0.2)), R.PolicyRun("entropy", BudgetSpec(rate=0.2))]
     res = C.sweep(cache, runs, labels=["entropy", "random"], resamples=100)
     vs = res["rows"][0]["vs"]["random"]
     assert vs["collab_miou_delta"] == 0.0 and vs["ci"] == [0.0, 0.0]
@@ -367,16 +379,16 @@ def test_bytes_budget_starts_from_its_prior_on_every_path() -> None:
     small = dense_cache(20, 0)
     big = from_cms(small.device_cm, small.cloud_cm, bytes_up=np.full(20, 123_456))
     spec = BudgetSpec(rate=None, bytes_per_s=30_000, fps=10)
-    states = [C.PolicyRun("entropy", spec).make(cache)[1].summary() for cache in (small, big, None)]
+    states = [R.PolicyRun("entropy", spec).make(cache)[1].summary() for cache in (small, big, None)]
     assert states[0] == states[1] == states[2]
-    assert states[0]["expected_bytes"] == C.make_controller(spec).expected_bytes
+    assert states[0]["expected_bytes"] == make_controller(spec).expected_bytes
 
 
 def test_sweep_plot(tmp_path, stream_cache, u_matrix) -> None:
     from tandemseg.eval.plots import plot_sweep
 
     _, cache = stream_cache
-    runs = [C.PolicyRun(p, BudgetSpec(rate=r), u_matrix) for r in (0.1, 0.3) for p in ("acdc", "random", "oracle")]
+    runs = [R.PolicyRun(p, BudgetSpec(rate=r), u_matrix) for r in (0.1, 0.3) for p in ("acdc", "random", "oracle")]
     res = C.sweep(cache, runs)
     path = plot_sweep(res, tmp_path / "curve.png", title="t")
     assert path.stat().st_size > 1000
@@ -406,7 +418,7 @@ def test_cli_fit_then_collab_json(tmp_path, ckpts, monkeypatch, capsys) -> None:
     res = json.loads(out.read_text())
     for key in REQUIRED:
         assert key in res, key
-    assert res["frames"] == 4 and res["paths_agree"] is True and res["codec"] == "jpeg:90" and res["bootstrap"]["resamples"] == 200
+    assert res["frames"] == 4 and res["codec"] == "jpeg:90" and res["bootstrap"]["resamples"] == 200
     assert res["target_rate"] == 0.5 and res["target_uploads"] == 2
     assert res["bytes_up_per_frame"] == pytest.approx(res["uploads"] * res["bytes_up_per_upload"] / 4 if res["uploads"] else 0.0)
     assert "achieved / target" in stdout and "collab_miou %" in stdout
@@ -441,7 +453,7 @@ def test_cli_collab_over_repeated_schedules(tmp_path, ckpts, monkeypatch, capsys
     assert res["repeat_schedules"] == 3 and res["bootstrap"]["frames"] == 9 and res["bootstrap"]["source_frames"] == 3
     assert set(res["auc"]["policies"]) == {"entropy", "random", "oracle"}
     assert "AUC mIoU %" in stdout
-    cache = C.CollabCache.load(next((tmp_path / "cache").glob("collab-*.npz")))
+    cache = K.CollabCache.load(next((tmp_path / "cache").glob("collab-*.npz")))
     assert cache.sources.tolist() == [0, 1, 2] * 3
     # pass j runs under seed j: other noise on the same frames, so the device sees other inputs
     assert not any(np.array_equal(cache.probs[i].numpy(), cache.probs[i + 3].numpy()) for i in range(3))
@@ -505,6 +517,5 @@ def test_collab_with_committed_synthetic_checkpoints(tmp_path, monkeypatch, caps
     assert code == 0, err
     res = json.loads(out.read_text())
     ds = open_dataset("synthetic", "val")
-    assert res["paths_agree"]
     assert res["device_miou"] == pytest.approx(evaluate(load_checkpoint(dev).model, ds, batch_size=1, limit=4)["miou"], abs=1e-3)
     assert res["cloud_miou"] == pytest.approx(evaluate(load_checkpoint(cloud).model, ds, batch_size=1, limit=4)["miou"], abs=1e-3)

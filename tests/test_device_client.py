@@ -16,7 +16,7 @@ from tandemseg.cli import app as cli_app
 from tandemseg.cloud.app import Limits, ServerThread, create_app, running_server
 from tandemseg.cloud.auth import TokenMap
 from tandemseg.cloud.batching import BatchConfig
-from tandemseg.cloud.service import CloudService
+from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.classes import CAMVID
 from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import BudgetSpec, make_controller
@@ -24,7 +24,9 @@ from tandemseg.device.http_link import HttpLink, LinkError, RetryPolicy
 from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.uncertainty import UncertaintyMatrix
+from tandemseg.eval import cache as K_
 from tandemseg.eval import collab as C_
+from tandemseg.eval import replay as R_
 from tandemseg.eval.device_stream import StreamConfig, run_device_client, run_stream
 from tandemseg.wire import http as wire
 from tandemseg.wire.messages import CloudReply
@@ -139,7 +141,7 @@ def runtime_for(url: str, token: str, policy: str = "all", rate: float = 1.0, u:
 
 def test_server_killed_mid_stream_every_frame_answered(stream_data):
     dataset = open_dataset(stream_data, "val")
-    service = CloudService(tiny_cloud(), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
+    service = CloudService(ModelSegmenter(tiny_cloud()), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
     server = ServerThread(create_app(service, TokenMap.parse(TOKENS), Limits(), BatchConfig(max_wait_ms=2)))
     url = server.start()
     retry = RetryPolicy(attempts=2, backoff_s=0.02, timeout_s=20.0, deadline_s=25.0)  # generous: a slow CI box is not a dead server
@@ -177,8 +179,8 @@ def collab_numbers(data, dev, cloud, u_path, policy, rate, alpha) -> dict:
     dataset = open_dataset(data, "val")
     dm, cm = load_checkpoint(dev).model, load_checkpoint(cloud).model
     um = UncertaintyMatrix.load(u_path, expect_classes=CAMVID)
-    cache = C_.build_cache(dataset, dm, cm, "png", None, True)
-    run = C_.PolicyRun(policy, BudgetSpec(rate=rate, mode="sa"), um, 0, alpha)  # "sa": no warm-up, so a 12-frame stream uploads
+    cache = K_.build_cache(dataset, dm, cm, "png", None, True)
+    run = R_.PolicyRun(policy, BudgetSpec(rate=rate, mode="sa"), um, 0, alpha)  # "sa": no warm-up, so a 12-frame stream uploads
     return C_.run_runtime(dataset, cache, run, dm, cm, "png", None, True)
 
 
@@ -190,12 +192,12 @@ def test_device_over_http_agrees_with_collab(collab_setup, alpha, max_lag):
     from tandemseg.models.checkpoint import load_checkpoint
 
     cloud_model = load_checkpoint(cloud).model  # the very weights collab used (checkpoints store float16)
-    service = CloudService(cloud_model, CAMVID, dcam_alpha=alpha, initial_u=np.full((C, C), 7.0))  # the device PUTs its own U
+    service = CloudService(ModelSegmenter(cloud_model), CAMVID, dcam_alpha=alpha, initial_u=np.full((C, C), 7.0))  # the device PUTs its own U
     with running_server(create_app(service, TokenMap.parse(TOKENS), Limits(), BatchConfig(max_wait_ms=2))) as url:
         got = run_device_client(url, TOK2, data, "val", "clean", dev, u_path, "acdc", 0.4, "sa", None, 10.0, "png", True, None, 0,
                                 PATIENT, StreamConfig(deadline_s=120.0, max_lag=max_lag))
     assert got["fallbacks"] == 0 and got["answered"] == 12 and got["device_id"] == "dev2"
-    assert got["uploads"] == int(expected["mask"].sum())
+    assert got["uploaded_frames"] == np.flatnonzero(expected["mask"]).tolist()  # the same decision on every frame
     assert got["collab_miou"] == pytest.approx(expected["collab_miou"], abs=1e-12)
     if alpha > 0:
         assert got["u_version"] == expected["u_version"] and got["u_updates_applied"] >= 1
@@ -204,7 +206,7 @@ def test_device_over_http_agrees_with_collab(collab_setup, alpha, max_lag):
 
 def test_device_cli_writes_the_documented_json(collab_setup, tmp_path, monkeypatch):
     data, dev, cloud, u_path = collab_setup
-    service = CloudService(tiny_cloud(), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
+    service = CloudService(ModelSegmenter(tiny_cloud()), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
     out = tmp_path / "device.json"
     with running_server(create_app(service, TokenMap.parse(TOKENS), Limits(), BatchConfig(max_wait_ms=2))) as url:
         monkeypatch.setenv("TANDEMSEG_TOKEN", TOK1)
@@ -223,7 +225,7 @@ def test_device_cli_writes_the_documented_json(collab_setup, tmp_path, monkeypat
 
 def test_device_cli_refuses_a_wrong_token(collab_setup):
     data, dev, _, u_path = collab_setup
-    service = CloudService(tiny_cloud(), CAMVID)
+    service = CloudService(ModelSegmenter(tiny_cloud()), CAMVID)
     with running_server(create_app(service, TokenMap.parse(TOKENS), Limits())) as url:
         r = CliRunner().invoke(cli_app, ["device", "--server", url, "--token", "nobody-knows-me", "--data", data, "--device-ckpt", str(dev),
                                          "--policy", "all", "--limit", "2"])

@@ -107,7 +107,7 @@ def test_registry_rejects_unknown_kind_and_fields() -> None:
 
 def test_default_models_fit_their_budgets() -> None:
     """Issue 9: the device (Lite0) has at most 4 M parameters; the cloud spends at least 8x its FLOPs per frame."""
-    from tandemseg.eval.profile import count_gflops
+    from tandemseg.models.flops import count_gflops
 
     device, cloud = build_model("device").eval(), build_model("cloud").eval()
     assert sum(p.numel() for p in device.parameters()) <= 4_000_000

@@ -13,25 +13,28 @@ import numpy as np
 import pytest
 from _streams import dense_cache, from_cms, sparse_cache
 
-from tandemseg.eval import collab as C
+from tandemseg.eval import cache as K
+from tandemseg.eval import metrics as M
+from tandemseg.eval import oracle as O
+from tandemseg.eval.bootstrap import batched_miou
 
 N = 10
 
 
-def exhaustive_best(cache: C.CollabCache, k: int) -> float:
+def exhaustive_best(cache: K.CollabCache, k: int) -> float:
     """The best stream mIoU over all C(N, k) upload sets (vectorised over the subsets)."""
     delta = cache.cloud_cm - cache.device_cm
     subsets = np.array(list(combinations(range(cache.frames), k)))
-    return float(np.nanmax(C.batched_miou(cache.device_cm.sum(0)[None] + delta[subsets].sum(1))))
+    return float(np.nanmax(batched_miou(cache.device_cm.sum(0)[None] + delta[subsets].sum(1))))
 
 
-def greedy_miou(cache: C.CollabCache, k: int) -> float:
-    mask = C.greedy_oracle_select(cache, k)
+def greedy_miou(cache: K.CollabCache, k: int) -> float:
+    mask = O.greedy_oracle_select(cache, k)
     assert mask.dtype == bool and int(mask.sum()) == k
-    return C.miou_of(C.collab_cm(cache, mask))
+    return M.miou_of(K.collab_cm(cache, mask))
 
 
-def gaps(caches: list[C.CollabCache]) -> np.ndarray:
+def gaps(caches: list[K.CollabCache]) -> np.ndarray:
     return np.array([exhaustive_best(c, k) - greedy_miou(c, k) for c in caches for k in range(1, 6)])
 
 
@@ -52,7 +55,7 @@ def test_swap_search_only_improves_on_plain_greedy() -> None:
         cache = sparse_cache(N, seed)
         base, delta = cache.device_cm.sum(0), cache.cloud_cm - cache.device_cm
         for k in range(1, 6):
-            plain = C.miou_of(base + delta[C._greedy(base, delta, k)].sum(0))
+            plain = M.miou_of(base + delta[O._greedy(base, delta, k)].sum(0))
             assert greedy_miou(cache, k) >= plain - 1e-12
 
 
@@ -69,8 +72,8 @@ def test_greedy_equals_exhaustive_where_greedy_is_optimal() -> None:
     cloud[:, 0, 0] += w
     cache = from_cms(device, cloud)
     for k in range(0, 6):
-        assert greedy_miou(cache, k) == pytest.approx(exhaustive_best(cache, k) if k else C.miou_of(device.sum(0)), abs=1e-12)
-        assert set(np.flatnonzero(C.greedy_oracle_select(cache, k))) == set(np.argsort(-w)[:k])
+        assert greedy_miou(cache, k) == pytest.approx(exhaustive_best(cache, k) if k else M.miou_of(device.sum(0)), abs=1e-12)
+        assert set(np.flatnonzero(O.greedy_oracle_select(cache, k))) == set(np.argsort(-w)[:k])
     # k = 1 is exact on any stream: greedy's first step scores every single frame
     for seed in range(5):
         cache = sparse_cache(N, seed)
@@ -79,8 +82,8 @@ def test_greedy_equals_exhaustive_where_greedy_is_optimal() -> None:
 
 def test_oracle_counts_are_clipped_and_memoised() -> None:
     cache = dense_cache(N, 0)
-    assert not C.greedy_oracle_select(cache, 0).any() and C.greedy_oracle_select(cache, 99).all()
-    oracle = C.GreedyOracle(cache)
+    assert not O.greedy_oracle_select(cache, 0).any() and O.greedy_oracle_select(cache, 99).all()
+    oracle = O.GreedyOracle(cache)
     first = oracle.at_rate(0.3)
     first[:] = False  # callers get copies: the memo cannot be changed from outside
-    assert int(oracle.at_rate(0.3).sum()) == C.target_count(0.3, N) == 3
+    assert int(oracle.at_rate(0.3).sum()) == O.target_count(0.3, N) == 3

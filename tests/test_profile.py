@@ -12,8 +12,9 @@ from _tiny import CLOUD_TINY, DEVICE_TINY, run_main
 from torch import nn
 
 from tandemseg.data.classes import CAMVID
-from tandemseg.eval.profile import count_gflops, measure_peak_memory, profile_model
+from tandemseg.eval.profile import measure_peak_memory, profile_model
 from tandemseg.models.checkpoint import save_checkpoint
+from tandemseg.models.flops import count_gflops
 from tandemseg.models.registry import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

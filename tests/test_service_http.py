@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tandemseg.cloud.app import Limits, create_app, running_server
 from tandemseg.cloud.auth import TokenMap
 from tandemseg.cloud.batching import BatchConfig, MicroBatcher, Overloaded
-from tandemseg.cloud.service import CloudService
+from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.classes import CAMVID
 from tandemseg.device.http_link import HttpLink, RetryPolicy
 from tandemseg.errors import SpecError
@@ -38,7 +38,7 @@ LIMITS = Limits(wire.WireLimits(max_body_bytes=64 * 1024, max_side=256, max_pixe
 
 @pytest.fixture(scope="module")
 def server():
-    service = CloudService(tiny_cloud(), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
+    service = CloudService(ModelSegmenter(tiny_cloud()), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
     app = create_app(service, TokenMap.parse(TOKENS), LIMITS, BatchConfig(max_batch=4, max_wait_ms=20, max_queue=32))
     with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield url, client
@@ -401,7 +401,7 @@ def test_micro_batcher_overload():
 
 
 def test_concurrent_uploads_share_batches_and_a_corrupt_one_fails_alone():
-    service = CloudService(tiny_cloud(), CAMVID)
+    service = CloudService(ModelSegmenter(tiny_cloud()), CAMVID)
     seen: list[int] = []
     original = service.segment_batch
     service.segment_batch = lambda reqs: (seen.append(len(reqs)), original(reqs))[1]  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ import pytest
 from _service_helpers import C, tiny_cloud, tiny_device
 from PIL import Image
 
-from tandemseg.cloud.service import CloudService
+from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.classes import CAMVID
 from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import SAController, WindowController
@@ -51,7 +51,7 @@ def test_threshold_is_infinite_when_the_score_cannot_matter() -> None:
 
 
 def cloud_maps(cloud, dataset, n: int) -> list[np.ndarray]:
-    service = CloudService(cloud, CAMVID)
+    service = CloudService(ModelSegmenter(cloud), CAMVID)
     maps = []
     for i in range(n):
         image = dataset[i].image
@@ -68,7 +68,7 @@ def walked(tmp_path, fake):
     a = np.random.default_rng(0).normal(size=(C, C))
     u = UncertaintyMatrix((a + a.T) / 2, CAMVID)
     runtime = DeviceRuntime(device, make_policy("acdc", u), WindowController(0.4, window=8, warmup=2),
-                            InProcessLink(CloudService(cloud, CAMVID)), uncertainty=u)
+                            InProcessLink(CloudService(ModelSegmenter(cloud), CAMVID)), uncertainty=u)
     traces = walk_stream(dataset, runtime, cloud_maps(cloud, dataset, 12), 12)
     runtime.close()
     return traces

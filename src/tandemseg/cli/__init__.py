@@ -17,7 +17,6 @@ from tandemseg.cli import models as models_cli
 from tandemseg.cli import offload as offload_cli
 from tandemseg.cli import report as report_cli
 from tandemseg.cli import service as service_cli
-from tandemseg.cli.common import fixed_mmap_threshold
 from tandemseg.errors import TandemsegError
 
 app = typer.Typer(help="tandemseg: edge-cloud collaborative semantic segmentation.", no_args_is_help=True, add_completion=False)
@@ -37,7 +36,6 @@ app.add_typer(report_cli.app, name="report", help="Rebuild the Markdown tables o
 
 
 def main() -> None:
-    fixed_mmap_threshold()
     try:
         app(standalone_mode=False)
     except TandemsegError as e:

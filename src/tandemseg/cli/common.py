@@ -48,25 +48,6 @@ def track(items: Iterable[T], total: int, description: str) -> Iterator[T]:
             bar.advance(task)
 
 
-def fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
-    """Serve allocations >= `threshold` bytes from mmap for the life of this process (glibc only).
-
-    glibc raises its mmap threshold each time a large block is freed, after which frame-sized
-    temporaries come from the heap; interleaved with small long-lived objects (per-frame statistics,
-    cached results) the heap then only grows. Measured on `fit-uncertainty` over CamVid: about 7 MB of
-    RSS per frame without this, flat with it. Returns whether the setting took effect.
-    """
-    import ctypes
-
-    try:
-        # the symbols already loaded into this process: no library search (find_library would run ldconfig
-        # on every start of the CLI)
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
-    return bool(mallopt(-3, threshold))  # -3 = M_MMAP_THRESHOLD; setting it also stops glibc's adjustment
-
-
 def metrics_table(title: str, payload: dict, keys: Iterable[str]) -> Table:
     """A two-column rich table of payload[key] for `keys`: '-' for missing, ints and booleans as they are, floats to 4 places."""
     table = Table(title=title)

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from tandemseg.cli import offload as offload_cli
 from tandemseg.cli.common import console, out, progress, write_json
-from tandemseg.cloud.service import CloudService
+from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.base import SegDataset
 from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import BudgetSpec, make_controller
@@ -30,7 +30,8 @@ from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.uncertainty import UncertaintyMatrix
 from tandemseg.errors import TandemsegError
-from tandemseg.eval import collab as C
+from tandemseg.eval import cache as K
+from tandemseg.eval import metrics as M
 from tandemseg.eval.evaluate import evaluate
 from tandemseg.eval.panel import draw_panel
 from tandemseg.eval.plots import plot_sweep
@@ -88,7 +89,7 @@ def demo(
                   f"numbers in {out_dir}/*.json")
 
 
-def models_alone(models: dict, clean: SegDataset, frames: int, cache: C.CollabCache, shift: str) -> dict[str, float]:
+def models_alone(models: dict, clean: SegDataset, frames: int, cache: K.CollabCache, shift: str) -> dict[str, float]:
     """mIoU of each model on the first `frames` clean frames (evaluated here) and on the stream (from the cache of
     per-frame confusion matrices: no second pass), printed as a table; keys 'model/condition'."""
     alone = {}
@@ -96,8 +97,8 @@ def models_alone(models: dict, clean: SegDataset, frames: int, cache: C.CollabCa
         for name, model in models.items():
             task = bar.add_task(f"{name} (clean)", total=min(frames, len(clean)), info="")
             alone[f"{name}/clean"] = evaluate(model, clean, limit=frames, on_batch=lambda k, t=task: bar.advance(t, k))["miou"]
-    alone[f"device/{shift}"] = C.miou_of(cache.device_cm.sum(0))
-    alone[f"cloud/{shift}"] = C.miou_of(cache.cloud_cm.sum(0))
+    alone[f"device/{shift}"] = M.miou_of(cache.device_cm.sum(0))
+    alone[f"cloud/{shift}"] = M.miou_of(cache.cloud_cm.sum(0))
     table = Table(title=f"mIoU on {frames} synthetic val frames")
     for column in ("model", "clean", shift):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -107,29 +108,29 @@ def models_alone(models: dict, clean: SegDataset, frames: int, cache: C.CollabCa
     return alone
 
 
-def device_and_cloud_once(dataset: SegDataset, device, cloud, frames: int) -> C.CollabCache:
+def device_and_cloud_once(dataset: SegDataset, device, cloud, frames: int) -> K.CollabCache:
     """Both models once per frame (the cloud through CloudService on the PNG payload): what every policy replays,
     the stream's mIoU of each model alone, and the cloud maps of the panel."""
     with progress() as bar:
         task = bar.add_task("device + cloud per frame", total=min(frames, len(dataset)), info="")
-        return C.build_cache(dataset, device, cloud, "png", limit=frames, on_frame=lambda: bar.advance(task))
+        return K.build_cache(dataset, device, cloud, "png", limit=frames, on_frame=lambda: bar.advance(task))
 
 
-def sweep_policies(cache: C.CollabCache, um: UncertaintyMatrix, shift: str, out_dir: Path) -> None:
+def sweep_policies(cache: K.CollabCache, um: UncertaintyMatrix, shift: str, out_dir: Path) -> None:
     """Every upload policy at SWEEP_RATES on the cached stream: a table, collab.json and the curves in collab.png."""
     result = offload_cli.run_sweep(cache, list(SWEEP_RATES), list(offload_cli.SWEEP_POLICIES), um, {}, BudgetSpec(rate=SWEEP_RATES[0]),
                                    seed=0, dcam_alpha=0.0)
-    payload = {"data": "synthetic", "split": "val", "shift": shift, "codec": "png", **C.cache_info(cache), **result}
+    payload = {"data": "synthetic", "split": "val", "shift": shift, "codec": "png", **K.cache_info(cache), **result}
     offload_cli.print_sweep(payload)
     plot_sweep(payload, out_dir / "collab.png", title=f"synthetic val ({shift})")
     write_json(out_dir / "collab.json", payload)
 
 
-def walk_runtime(dataset: SegDataset, device, cloud, um: UncertaintyMatrix, cache: C.CollabCache, frames: int) -> list[FrameTrace]:
+def walk_runtime(dataset: SegDataset, device, cloud, um: UncertaintyMatrix, cache: K.CollabCache, frames: int) -> list[FrameTrace]:
     """The stream through DeviceRuntime + InProcessLink with PANEL_POLICY at PANEL_RATE, frame by frame."""
     u = copy.deepcopy(um)  # the run may not change the loaded matrix
     runtime = DeviceRuntime(device, make_policy(PANEL_POLICY, u), make_controller(BudgetSpec(rate=PANEL_RATE)),
-                            InProcessLink(CloudService(cloud, dataset.classes)), uncertainty=u)
+                            InProcessLink(CloudService(ModelSegmenter(cloud), dataset.classes)), uncertainty=u)
     try:
         with progress() as bar:
             task = bar.add_task("device runtime", total=min(frames, len(dataset)), info="")

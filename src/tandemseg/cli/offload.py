@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import torch
 import typer
 from rich.table import Table
@@ -25,13 +22,13 @@ from tandemseg.device.uncertainty import (
     KernelSpec,
     UncertaintyMatrix,
     fit_from_stats,
-    load_stats,
-    model_frame_stats,
-    save_stats,
 )
 from tandemseg.errors import SpecError, TandemsegError
+from tandemseg.eval import cache as K
 from tandemseg.eval import collab as C
+from tandemseg.eval import replay as R
 from tandemseg.eval.bootstrap import DEFAULT_RESAMPLES
+from tandemseg.eval.calibration import load_or_compute_stats
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.wire.payload import parse_codec
 
@@ -85,22 +82,12 @@ def fit_uncertainty(
     datasets = [open_dataset(data, split, c, seed=seed) for c in conditions]
     ck = load_checkpoint(ckpt, expect_kind="device", expect_classes=datasets[0].classes)
     n = len(datasets[0]) if limit is None else min(limit, len(datasets[0]))
-    key = hashlib.sha1(json.dumps(["v3", str(Path(ckpt).resolve()), C.checkpoint_identity(ckpt), data, split, conditions, passes, n, seed]).encode()).hexdigest()[:16]
-    cached = cache_dir / f"ustats-{key}.npz" if cache_dir else None
-    if cached is not None and cached.is_file():
-        stats_list = load_stats(cached)
+    with progress() as bar:
+        task = bar.add_task("eq. 5 statistics", total=n * passes, info="")
+        stats_list, cached = load_or_compute_stats(ck.model, ckpt, data, split, conditions, datasets, passes, n, seed, cache_dir,
+                                                   on_frame=lambda: bar.advance(task))
+    if cached is not None:
         console.print(f"[dim]eq. 5 statistics from {cached}[/dim]")
-    else:
-        stats_list = []
-        with progress() as bar:
-            task = bar.add_task("eq. 5 statistics", total=n * passes, info="")
-            for p in range(passes):
-                for i in range(n):
-                    s = datasets[(i + p) % len(datasets)][i]
-                    stats_list.append(model_frame_stats(ck.model, s.image, s.label, datasets[0].classes.ignore_index))
-                    bar.advance(task)
-        if cached is not None:
-            save_stats(cached, stats_list)
     lam_value = parse_lambda(lam)
     kspec = KernelSpec(sigma=sigma) if kernel else None
     meta = {"device_ckpt": str(ckpt), "device_commit": ck.card.get("commit"), "device_created": ck.card.get("created"),
@@ -199,14 +186,14 @@ def collab(
     if dcam_alpha > 0 and um is not None and um.feature != "probs":
         raise SpecError(f"--dcam-alpha needs a U fitted on plain probabilities (DCAM's U_new is); {uncertainty} uses feature {um.feature!r}")
     send = send_device_probs or dcam_alpha > 0
-    cache = load_or_build_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir,
+    cache = load_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir,
                                 {"data": data, "split": split, "shift": shift, "seed": seed, "repeat_schedules": repeat_schedules,
-                                 "device": C.checkpoint_identity(device_ckpt), "cloud": C.checkpoint_identity(cloud_ckpt)})
+                                 "device": K.checkpoint_identity(device_ckpt), "cloud": K.checkpoint_identity(cloud_ckpt)})
     budget = BudgetSpec(rate=rate, mode=controller, bytes_per_s=bytes_per_s, fps=fps)
     header = {"data": data, "split": split, "shift": shift, "repeat_schedules": repeat_schedules, "codec": codec,
               "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt),
               "uncertainty": str(uncertainty) if uncertainty else None, "u_meta": um.meta if um else None,
-              "dcam_alpha": dcam_alpha, "controller": controller, **C.cache_info(cache)}
+              "dcam_alpha": dcam_alpha, "controller": controller, **K.cache_info(cache)}
     if sweep:
         result = run_sweep(cache, rates, names, um, variants, budget, seed, dcam_alpha, bootstrap, bootstrap_seed)
         payload = {**header, **result}
@@ -219,25 +206,11 @@ def collab(
             console.print(f"[dim]wrote {plot_path}[/dim]")
         write_json(json_path, payload)
         return
-    run = C.PolicyRun(policy, budget, um, seed, dcam_alpha)
-    ev = C.Evaluation.of(cache, bootstrap, bootstrap_seed)
-    cached, cached_rep = C.run_cached(cache, run, ev.oracle)
+    run = R.PolicyRun(policy, budget, um, seed, dcam_alpha)
     with progress() as bar:
         task = bar.add_task(f"runtime {policy}", total=cache.frames, info="")
-        rt = C.run_runtime(dataset, cache, run, dev.model, cloud.model, codec, limit, send, on_frame=lambda: bar.advance(task))
-    mask = rt.pop("mask")
-    # intervals from the runtime's decisions on the cached per-frame results (the same numbers when paths agree)
-    row, _ = ev.row([mask], run.target_rate(rt["controller"]))
-    payload = {
-        **header, **ev.header(), **row, "policy": policy,
-        "collab_miou": rt["collab_miou"], "collab_miou_cached": cached["collab_miou"],
-        "paths_agree": bool(np.array_equal(mask, cached_rep.mask) and abs(rt["collab_miou"] - cached["collab_miou"]) < 1e-12),
-        **{k: v for k, v in rt.items() if k != "collab_miou"},
-        "cloud_gflops_per_frame_effective": (header["cloud_gflops"] or 0) * row["upload_rate"],
-    }
-    span = payload["oracle_miou"] - payload["device_miou"]
-    payload["gain_over_device"] = payload["collab_miou"] - payload["device_miou"]
-    payload["gain_captured"] = payload["gain_over_device"] / span if span > 1e-12 else None
+        payload = {**header, **C.single_run(dataset, cache, run, dev.model, cloud.model, codec, limit, send, bootstrap, bootstrap_seed,
+                                            on_frame=lambda: bar.advance(task))}
     print_single(payload)
     write_json(json_path, payload)
 
@@ -270,19 +243,14 @@ def parse_variants(items: list[str], classes) -> dict[str, UncertaintyMatrix]:
     return out
 
 
-def load_or_build_cache(dataset, device_model, cloud_model, codec: str, limit, send: bool, cache_dir: Path | None, ident: dict) -> C.CollabCache:
+def load_cache(dataset, device_model, cloud_model, codec: str, limit, send: bool, cache_dir: Path | None, identity: dict) -> K.CollabCache:
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    key = C.cache_key({**ident, "codec": codec, "frames": n, "send": send})
-    path = cache_dir / f"collab-{key}.npz" if cache_dir else None
-    if path is not None and path.is_file():
-        console.print(f"[dim]per-frame results from {path}[/dim]")
-        return C.CollabCache.load(path)
     with progress() as bar:
         task = bar.add_task("device + cloud per frame", total=n, info="")
-        cache = C.build_cache(dataset, device_model, cloud_model, codec, limit, send, on_frame=lambda: bar.advance(task))
-    cache.info.update(ident)
+        cache, path = K.load_or_build_cache(dataset, device_model, cloud_model, codec, limit, send, cache_dir, identity,
+                                            on_frame=lambda: bar.advance(task))
     if path is not None:
-        cache.save(path)
+        console.print(f"[dim]per-frame results from {path}[/dim]")
     return cache
 
 
@@ -294,10 +262,10 @@ def run_sweep(cache, rates, names, um, variants, budget: BudgetSpec, seed: int, 
         for name in names:
             if name in U_POLICIES and um is None:
                 continue  # no U given: the U-based policies are left out of the sweep
-            runs.append(C.PolicyRun(name, b, um, seed, dcam_alpha))
+            runs.append(R.PolicyRun(name, b, um, seed, dcam_alpha))
             labels.append(name)
         for vname, vu in variants.items():
-            runs.append(C.PolicyRun("acdc", b, vu, seed, dcam_alpha))
+            runs.append(R.PolicyRun("acdc", b, vu, seed, dcam_alpha))
             labels.append(f"acdc:{vname}")
     result = C.sweep(cache, runs, labels, resamples=resamples, seed=bootstrap_seed)
     return {**result, "rates": rates}
@@ -358,5 +326,4 @@ def print_single(p: dict) -> None:
     for key in ("bytes_up_per_frame", "device_ms", "score_ms", "cloud_ms", "device_gflops", "cloud_gflops"):
         v = p.get(key)
         table.add_row(key, "-" if v is None else f"{v:.4g}")
-    table.add_row("paths_agree", str(p["paths_agree"]))
     out.print(table)

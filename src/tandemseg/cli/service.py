@@ -75,13 +75,13 @@ def serve(
     import uvicorn
 
     from tandemseg.cloud.app import create_app
-    from tandemseg.cloud.service import CloudService
+    from tandemseg.cloud.service import CloudService, ModelSegmenter
     from tandemseg.models.checkpoint import load_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(cloud_ckpt, expect_kind="cloud")
-    service = CloudService(ck.model, ck.classes, dcam_alpha=dcam_alpha, initial_u=initial_u, dcam_settings=settings)
+    service = CloudService(ModelSegmenter(ck.model), ck.classes, dcam_alpha=dcam_alpha, initial_u=initial_u, dcam_settings=settings)
     if warmup:
         from tandemseg.cloud.app import warm_up
 

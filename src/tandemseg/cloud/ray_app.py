@@ -53,13 +53,13 @@ class SegmenterImpl:
     def __init__(self, ckpt: str, dcam: Dcam, threads: int = 0) -> None:
         import torch
 
-        from tandemseg.cloud.service import CloudService
+        from tandemseg.cloud.service import CloudService, ModelSegmenter
         from tandemseg.models.checkpoint import load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)
         ck = load_checkpoint(ckpt, expect_kind="cloud")
-        self.service = CloudService(ck.model, ck.classes, dcam.alpha, dcam_settings=dcam.settings)
+        self.service = CloudService(ModelSegmenter(ck.model), ck.classes, dcam.alpha, dcam_settings=dcam.settings)
 
     def segment(self, requests: list[UploadRequest]) -> list[tuple[CloudReply, DcamEvidence | None] | Exception]:
         """One batched forward; if the batch fails, each frame alone, so a bad frame fails only itself."""

@@ -11,6 +11,7 @@ directly; a Ray replica calls the stateless `segment` and leaves the state to it
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,44 +25,22 @@ from tandemseg.data.tensors import to_tensor
 from tandemseg.wire.messages import CloudReply, UploadRequest
 
 
-class CloudService:
-    """The cloud model behind the wire; `dcam_settings` should follow the device U's fit (DcamSettings.from_meta)."""
+class Segmenter(Protocol):
+    """The service's inference step: label maps for a batch of uploads."""
 
-    def __init__(
-        self, model: nn.Module, classes: ClassTable, dcam_alpha: float = 0.0, initial_u: np.ndarray | None = None,
-        dcam_settings: DcamSettings | None = None,
-    ) -> None:
+    def predict(self, requests: list[UploadRequest]) -> tuple[list[np.ndarray], list[float]]:
+        """(H, W) uint8 label maps, one per request, and each request's share of the compute ms."""
+        ...
+
+
+class ModelSegmenter:
+    """Decode each upload's frame and run the cloud model: one batched forward per distinct frame size."""
+
+    def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
-        self.classes = classes
-        self.dcam = Dcam(dcam_alpha, dcam_settings or DcamSettings(), classes.ignore_index)
-        self.states = DeviceStateStore(classes.num_classes, initial_u, self.dcam)
 
-    def device_state(self, device_id: str) -> dict:
-        return self.states.get(device_id)
-
-    def set_uncertainty(self, device_id: str, u: np.ndarray, version: int = 0) -> None:
-        """Register (or reset) a device's U, e.g. when a device announces the matrix it was shipped with."""
-        self.states.set(device_id, u, version)
-
-    def segment(self, requests: list[UploadRequest]) -> list[tuple[CloudReply, DcamEvidence | None]]:
-        """Decode, segment (one forward per distinct frame size), encode; with each reply its DCAM evidence.
-        Touches no per-device state, so any replica can run it."""
+    def predict(self, requests: list[UploadRequest]) -> tuple[list[np.ndarray], list[float]]:
         frames = [decode_upload(r) for r in requests]
-        preds, cloud_ms = self._forward(frames)
-        return [(encode_prediction(r, pred, ms), self.dcam.evidence(upload_probs(r), pred))
-                for r, pred, ms in zip(requests, preds, cloud_ms, strict=True)]
-
-    def segment_batch(self, requests: list[UploadRequest]) -> list[CloudReply]:
-        """`segment`, then each device's DCAM update; a reply carries U when the device's copy is stale."""
-        replies = []
-        for r, (reply, evidence) in zip(requests, self.segment(requests), strict=True):
-            u, version = self.states.record(r.device_id, r.u_version, evidence)
-            reply.u_matrix, reply.u_version = u, version
-            replies.append(reply)
-        return replies
-
-    def _forward(self, frames: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
-        """Label maps (H, W) uint8 and per-frame compute ms: one batched forward per frame size, its time shared equally."""
         preds: list[np.ndarray] = [np.empty(0)] * len(frames)
         cloud_ms = [0.0] * len(frames)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -76,3 +55,41 @@ class CloudService:
             for j, i in enumerate(idx):
                 preds[i], cloud_ms[i] = labels[j], ms
         return preds, cloud_ms
+
+
+class CloudService:
+    """The cloud behind the wire: a Segmenter (`ModelSegmenter(model)`; offline replays answer from a cache,
+    eval/replay.py), DCAM and the per-device states. `dcam_settings` should follow the device U's fit
+    (DcamSettings.from_meta)."""
+
+    def __init__(
+        self, segmenter: Segmenter, classes: ClassTable, dcam_alpha: float = 0.0, initial_u: np.ndarray | None = None,
+        dcam_settings: DcamSettings | None = None,
+    ) -> None:
+        self.segmenter = segmenter
+        self.classes = classes
+        self.dcam = Dcam(dcam_alpha, dcam_settings or DcamSettings(), classes.ignore_index)
+        self.states = DeviceStateStore(classes.num_classes, initial_u, self.dcam)
+
+    def device_state(self, device_id: str) -> dict:
+        return self.states.get(device_id)
+
+    def set_uncertainty(self, device_id: str, u: np.ndarray, version: int = 0) -> None:
+        """Register (or reset) a device's U, e.g. when a device announces the matrix it was shipped with."""
+        self.states.set(device_id, u, version)
+
+    def segment(self, requests: list[UploadRequest]) -> list[tuple[CloudReply, DcamEvidence | None]]:
+        """Segment (the Segmenter decodes), encode; with each reply its DCAM evidence.
+        Touches no per-device state, so any replica can run it."""
+        preds, cloud_ms = self.segmenter.predict(requests)
+        return [(encode_prediction(r, pred, ms), self.dcam.evidence(upload_probs(r), pred))
+                for r, pred, ms in zip(requests, preds, cloud_ms, strict=True)]
+
+    def segment_batch(self, requests: list[UploadRequest]) -> list[CloudReply]:
+        """`segment`, then each device's DCAM update; a reply carries U when the device's copy is stale."""
+        replies = []
+        for r, (reply, evidence) in zip(requests, self.segment(requests), strict=True):
+            u, version = self.states.record(r.device_id, r.u_version, evidence)
+            reply.u_matrix, reply.u_version = u, version
+            replies.append(reply)
+        return replies

@@ -1,15 +1,16 @@
 """The device runtime: frame in, label map out, with a cloud upload when the policy and budget say so.
 
-One runtime, two links (docs/ARCHITECTURE.md): the runtime talks to the cloud only through a
-`CloudLink` (in-process for experiments, HTTP for deployments), so both produce numbers through the
-same code. It holds no evaluation logic; eval/collab.py drives it frame by frame.
+The one place a frame is processed (docs/ARCHITECTURE.md): every path (the offline sweep, `collab`,
+`device` over HTTP, the demo) drives this class; they differ only in the steps they plug in
+(device/steps.py) and the `CloudLink`. A new stage is written once, as a step.
 
 Per frame (ACDC Alg. 1, lines 1-5):
-  1. coarse segmentation of the downsampled frame (eq. 4), upsampled to the device's own prediction;
-  2. the policy scores the frame (eq. 9 for `acdc`) and the controller decides whether to upload (eq. 10);
-  3. if uploading: encode the frame (wire.payload) into an UploadRequest and `link.submit` it (a future).
-`finish` then returns the cloud's label map if its reply arrived in time, else the device's own, with
-its provenance. The local result never waits for the network unless `finish` is asked to.
+  1. model: coarse segmentation of the downsampled frame (eq. 4), upsampled to the device's own prediction;
+  2. score and decide: the policy scores the frame (eq. 9 for `acdc`), the controller decides (eq. 10);
+  3. payload and link: if uploading, build the UploadRequest and `link.submit` it (a future).
+`finish` then returns the fused map if the cloud's reply arrived in time, else the device's own, with its
+provenance, and applies the cloud's state (U, eq. 14). The local result never waits for the network
+unless `finish` is asked to.
 """
 
 from __future__ import annotations
@@ -20,42 +21,22 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
 
-from tandemseg.data.tensors import to_tensor
 from tandemseg.device.budget import Controller
 from tandemseg.device.link import CloudLink
 from tandemseg.device.policies import FrameObservation, Policy
+from tandemseg.device.steps import (
+    CloudLabel,
+    DeviceOutput,
+    FuseStep,
+    ImagePayload,
+    LiveModel,
+    ModelStep,
+    PayloadStep,
+)
 from tandemseg.device.uncertainty import UncertaintyMatrix
-from tandemseg.errors import DataError
-from tandemseg.models.blocks import resize
-from tandemseg.wire.messages import UploadRequest
-from tandemseg.wire.payload import decode_label_png, encode_frame, pack_probs, parse_codec
-
-
-@dataclass
-class DeviceOutput:
-    probs: torch.Tensor  # (C, h, w) coarse probabilities at /4 of the downsampled input
-    pred: np.ndarray  # (H, W) uint8: the device's prediction at full resolution
-    device_ms: float
-
-
-def check_frame(frame: np.ndarray) -> None:
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise DataError(f"the device runtime takes RGB uint8 frames of shape (H, W, 3), got {got}")
-
-
-@torch.inference_mode()
-def run_device(model: nn.Module, frame: np.ndarray) -> DeviceOutput:
-    """Eq. 4: y_coarse = M_d(f_down(x)), upsampled; exactly what `model(frame).argmax` gives, plus the coarse probs."""
-    t0 = time.perf_counter()
-    x = to_tensor([frame])  # (1, 3, H, W)
-    logits = model.forward_coarse(x)  # (1, C, h, w)
-    pred = resize(logits, x.shape[-2:]).argmax(1)[0].to(torch.uint8).numpy()  # (H, W)
-    probs = logits[0].float().softmax(0)  # (C, h, w)
-    return DeviceOutput(probs, pred, (time.perf_counter() - t0) * 1e3)
+from tandemseg.wire.payload import decode_label_png
 
 
 @dataclass
@@ -76,7 +57,7 @@ class FrameHandle:
 @dataclass
 class FrameResult:
     frame_id: int
-    label: np.ndarray  # (H, W) uint8 final label map
+    label: np.ndarray | None  # (H, W) uint8 final label map (None only in a replay that keeps no device maps)
     provenance: str  # 'cloud' | 'device' | 'fallback:<reason>'
     uploaded: bool
     score: float
@@ -92,42 +73,45 @@ class FrameResult:
 
 
 class DeviceRuntime:
+    """model -> score -> decide -> payload -> link -> fuse -> state; see device/steps.py for each step's interface.
+
+    `model` is a device network (wrapped in `LiveModel`) or any ModelStep; `payload` defaults to the frame
+    encoded with `codec`, with the device's probabilities attached when `send_device_probs`.
+    """
+
     def __init__(
-        self, model: nn.Module, policy: Policy, controller: Controller, link: CloudLink | None, codec: str = "png",
+        self, model: nn.Module | ModelStep, policy: Policy, controller: Controller, link: CloudLink | None, codec: str = "png",
         device_id: str = "dev0", send_device_probs: bool = False, uncertainty: UncertaintyMatrix | None = None,
+        payload: PayloadStep | None = None, fuse: FuseStep | None = None,
     ) -> None:
-        self.model = model.eval()
+        self.model_step: ModelStep = LiveModel(model) if isinstance(model, nn.Module) else model
         self.policy, self.controller, self.link = policy, controller, link
-        self.codec = parse_codec(codec)
-        self.device_id = device_id
-        self.send_device_probs = send_device_probs
+        self.payload: PayloadStep = payload or ImagePayload(codec, device_id, send_device_probs)
+        self.fuse: FuseStep = fuse or CloudLabel()
         self.uncertainty = uncertainty
 
-    def process(self, frame: np.ndarray, frame_id: int, label: np.ndarray | None = None) -> FrameHandle:
+    @property
+    def u_version(self) -> int:
+        return self.uncertainty.version if self.uncertainty is not None else 0
+
+    def process(self, frame: np.ndarray | None, frame_id: int) -> FrameHandle:
         """Segment on the device now; score, decide and (maybe) submit the upload. Never blocks on the network
         (an in-process link computes inside submit; that is the link's choice)."""
-        check_frame(frame)
-        out = run_device(self.model, frame)
+        out = self.model_step.run(frame, frame_id)
         t0 = time.perf_counter()
-        obs = FrameObservation(frame_id, out.probs)
-        score = self.policy.score(obs)
+        score = self.policy.score(FrameObservation(frame_id, out.probs))
         upload = self.policy.fixed if self.policy.fixed is not None else self.controller.decide(score, frame_id)
         handle = FrameHandle(frame_id, out, score, bool(upload), (time.perf_counter() - t0) * 1e3)
         if handle.uploaded:
             self._upload(handle, frame)
         return handle
 
-    def _upload(self, handle: FrameHandle, frame: np.ndarray) -> None:
+    def _upload(self, handle: FrameHandle, frame: np.ndarray | None) -> None:
         if self.link is None:
             handle.error = "no-link"
             return
         t0 = time.perf_counter()
-        request = UploadRequest(
-            self.device_id, handle.frame_id, encode_frame(frame, self.codec), str(self.codec), frame.shape[0], frame.shape[1],
-            u_version=self.uncertainty.version if self.uncertainty is not None else 0,
-        )
-        if self.send_device_probs:
-            request.device_probs, request.device_probs_shape = pack_probs(handle.device.probs.numpy())
+        request = self.payload.build(frame, handle.frame_id, handle.device, self.u_version)
         handle.encode_ms = (time.perf_counter() - t0) * 1e3
         handle.bytes_up = request.bytes_up
         self.controller.charge(request.bytes_up)
@@ -137,11 +121,10 @@ class DeviceRuntime:
             handle.error = f"submit:{type(e).__name__}"
 
     def finish(self, handle: FrameHandle, timeout: float | None = None) -> FrameResult:
-        """The final label map: the cloud's if its reply arrives within `timeout` s, else the device's."""
+        """The final label map: fused with the cloud's if its reply arrives within `timeout` s, else the device's."""
         base = FrameResult(
             handle.frame_id, handle.device.pred, "device", handle.uploaded, handle.score, handle.bytes_up,
-            device_ms=handle.device.device_ms, score_ms=handle.score_ms, encode_ms=handle.encode_ms,
-            u_version=self.uncertainty.version if self.uncertainty is not None else 0,
+            device_ms=handle.device.device_ms, score_ms=handle.score_ms, encode_ms=handle.encode_ms, u_version=self.u_version,
         )
         if not handle.uploaded:
             return base
@@ -159,13 +142,13 @@ class DeviceRuntime:
             base.provenance, base.wait_ms = f"fallback:error:{type(e).__name__}", (time.perf_counter() - t0) * 1e3
             return base
         base.wait_ms = (time.perf_counter() - t0) * 1e3
-        if label.shape != handle.device.pred.shape:
+        if label.shape != handle.device.size:
             base.provenance = "fallback:bad-reply-shape"
             return base
-        base.label, base.provenance = label.astype(np.uint8), "cloud"
+        base.label, base.provenance = self.fuse.fuse(handle.device, label), "cloud"
         base.bytes_down, base.cloud_ms = reply.bytes_down, reply.cloud_ms
         self._apply_u(reply)
-        base.u_version = self.uncertainty.version if self.uncertainty is not None else 0
+        base.u_version = self.u_version
         return base
 
     def _apply_u(self, reply) -> None:

@@ -75,7 +75,7 @@ def run_stream(
             if delay > 0:
                 time.sleep(delay)
         s = dataset[i]
-        handle = runtime.process(s.image, i, s.label)
+        handle = runtime.process(s.image, i)
         run.device_cm.update(handle.device.pred, s.label)
         pending.append(_Pending(handle, s.label, time.perf_counter() + cfg.deadline_s))
         _drain(run, pending, cfg.max_lag)
@@ -137,14 +137,14 @@ def run_device_client(
     from tandemseg.device.budget import BudgetSpec, check_rate
     from tandemseg.device.http_link import HttpLink
     from tandemseg.device.uncertainty import UncertaintyMatrix
-    from tandemseg.eval import collab as C
+    from tandemseg.eval import replay as R
     from tandemseg.models.checkpoint import load_checkpoint
 
     dataset = open_dataset(data, split, shift, seed=seed)
     dev = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=dataset.classes)
     um = UncertaintyMatrix.load(uncertainty, expect_classes=dataset.classes) if uncertainty else None
     check_rate(rate)
-    run = C.PolicyRun(policy, BudgetSpec(rate=rate, mode=controller, bytes_per_s=bytes_per_s, fps=fps), um, seed)
+    run = R.PolicyRun(policy, BudgetSpec(rate=rate, mode=controller, bytes_per_s=bytes_per_s, fps=fps), um, seed)
     pol, ctrl, u = run.make()  # the controller from the budget alone, as collab's in-process path builds it
     link = HttpLink(server, token, retry=retry, seed=seed)
     try:
@@ -171,7 +171,7 @@ def run_device_client(
         "server": server, "device_id": device_id, "data": data, "split": split, "shift": shift, "codec": codec,
         "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt) if cloud_ckpt else None,
         "uncertainty": str(uncertainty) if uncertainty else None, "u_meta": um.meta if um else None, "dcam": dcam,
-        "policy": policy, "controller": ctrl.summary(), "target_rate": target,
+        "policy": policy, "controller": ctrl.summary(), "target_rate": target, "uploaded_frames": np.flatnonzero(mask).tolist(),
         "rate_error": result["upload_rate"] - target, "stream": {"deadline_s": stream.deadline_s, "max_lag": stream.max_lag, "fps": stream.fps},
         "cloud_miou": None, "oracle_miou": None, "gain_captured": None, **reference, **result,
         **{k: v for k, v in link.stats.summary().items() if k.startswith("rtt_ms")},
@@ -184,15 +184,17 @@ def _reference_metrics(
 ) -> dict:
     """cloud mIoU, the greedy oracle at the target count round(target_rate * N) and the gain this run captured
     (with the mIoU it reached over HTTP, fallbacks included), from a local copy of the cloud model."""
+    from tandemseg.eval import cache as K
     from tandemseg.eval import collab as C
+    from tandemseg.eval import oracle as O
     from tandemseg.models.checkpoint import load_checkpoint
 
     cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
-    cache = C.build_cache(dataset, device_model, cloud.model, codec, limit, send)
+    cache = K.build_cache(dataset, device_model, cloud.model, codec, limit, send)
     m = C.selection_metrics(cache, mask, target_rate)
     span = m["oracle_miou"] - m["device_miou"]
     return {k: m[k] for k in ("cloud_miou", "oracle_miou", "target_uploads", "upload_rate_by_condition")} | {
-        "oracle": C.ORACLE, "gain_captured": (collab_miou - m["device_miou"]) / span if span > 1e-12 else None,
+        "oracle": O.ORACLE, "gain_captured": (collab_miou - m["device_miou"]) / span if span > 1e-12 else None,
         "collab_miou_if_all_answered": m["collab_miou"], "cloud_gflops": cache.info.get("cloud_gflops"),
         "device_gflops": cache.info.get("device_gflops"),
     }

@@ -56,3 +56,10 @@ class ConfusionMatrix:
             "pixel_acc": self.pixel_acc(),
             "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou, strict=True)},
         }
+
+
+def miou_of(cm: np.ndarray) -> float:
+    """Dataset-level mIoU of one confusion matrix (same definition as ConfusionMatrix.miou)."""
+    m = ConfusionMatrix(cm.shape[0])
+    m.mat = cm
+    return m.miou()

@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from tandemseg.data.base import SegDataset
-from tandemseg.device.runtime import run_device
+from tandemseg.device.steps import run_device
 from tandemseg.wire.payload import encode_frame, encode_label_png, pack_probs
 
 CODECS = ("png", "webp:100", "webp:90", "webp:75", "jpeg:95", "jpeg:90", "jpeg:75", "jpeg:50")

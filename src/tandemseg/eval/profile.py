@@ -34,20 +34,12 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from tandemseg.models.flops import count_gflops
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@torch.inference_mode()
-def count_gflops(model: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """GFLOPs (2 x multiply-adds) of one forward pass on a zero input of `input_shape`."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(torch.zeros(input_shape))
-    return counter.get_total_flops() / 1e9
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -1,7 +1,7 @@
 """Where exits go and what they cost: per-stage cumulative FLOPs, exit placement (MESS sec. 4.1), and the
 per-exit cost tables (GFLOPs, CPU latency) that the configuration search combines (Table 1).
 
-FLOPs follow the repo's convention (eval/profile.py): `torch.utils.flop_counter.FlopCounterMode`, one
+FLOPs follow the repo's convention (models/flops.py): `torch.utils.flop_counter.FlopCounterMode`, one
 multiply-add = 2 FLOPs, convolutions and matrix products only (the downsample, BatchNorm in eval and
 interpolation are not counted).
 """
@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from tandemseg.exits.confidence import logits_confidence
 from tandemseg.exits.network import FINAL, MultiExitSegmenter, encoder_input
 from tandemseg.models.blocks import resize
+from tandemseg.models.flops import count_call_gflops
 
 
 @dataclass
@@ -56,19 +56,12 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was)
 
 
-def _gflops(fn: Callable[[], object]) -> float:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops() / 1e9
-
-
 @torch.inference_mode()
-def stage_gflops(base: nn.Module, input_hw: tuple[int, int]) -> list[float]:
+def stagecount_call_gflops(base: nn.Module, input_hw: tuple[int, int]) -> list[float]:
     """Cumulative GFLOPs from the frame to each stage's output (sec. 4.1's per-layer profile, per stage)."""
     with eval_mode(base):
         x = encoder_input(base, torch.zeros(1, 3, *input_hw))  # (1, 3, h, w)
-        return [_gflops(lambda i=i: base.encoder.forward_intermediates(x, [i], stop_early=True)) for i in range(len(base.feature_info))]
+        return [count_call_gflops(lambda i=i: base.encoder.forward_intermediates(x, [i], stop_early=True)) for i in range(len(base.feature_info))]
 
 
 def place_exit_points(cumulative: Sequence[float], n: int) -> list[int]:
@@ -101,8 +94,8 @@ def gflops_table(net: MultiExitSegmenter, input_hw: tuple[int, int]) -> CostTabl
     """Table 1's terms in GFLOPs for frames of `input_hw`: stage prefixes, every candidate head, the decoder."""
     feats = probe_features(net, input_hw)
     with eval_mode(net):
-        heads = {k: _gflops(lambda k=k: net.exit_native(k, feats)) for k in [*net.exit_keys, FINAL]}
-    return CostTable("gflops", stage_gflops(net.base, input_hw), heads, {k: 0.0 for k in net.exit_keys})
+        heads = {k: count_call_gflops(lambda k=k: net.exit_native(k, feats)) for k in [*net.exit_keys, FINAL]}
+    return CostTable("gflops", stagecount_call_gflops(net.base, input_hw), heads, {k: 0.0 for k in net.exit_keys})
 
 
 def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
