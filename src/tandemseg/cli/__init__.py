@@ -11,6 +11,7 @@ import sys
 import typer
 
 from tandemseg.cli import bench as bench_cli
+from tandemseg.cli import codec as codec_cli
 from tandemseg.cli import data as data_cli
 from tandemseg.cli import demo as demo_cli
 from tandemseg.cli import models as models_cli
@@ -32,6 +33,7 @@ app.command("demo", help="Run the whole edge-cloud job on the embedded synthetic
 app.command("serve", help="Serve the cloud model over HTTP (FastAPI + uvicorn, or Ray Serve with --ray).")(service_cli.serve)
 app.command("device", help="Stream frames through the device runtime with the HTTP link to a server.")(service_cli.device)
 app.command("loadtest", help="Simulate K concurrent devices against a server: throughput, latency, errors.")(service_cli.loadtest)
+app.add_typer(codec_cli.app, name="codec", help="Feature codec (JD): train and evaluate on real range-coded bitstreams.")
 app.add_typer(report_cli.app, name="report", help="Rebuild the Markdown tables of docs/results/ from the JSON results.")
 
 

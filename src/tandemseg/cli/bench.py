@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from tandemseg.cli.common import console, out, write_json
+from tandemseg.data.tensors import to_tensor
 from tandemseg.errors import TandemsegError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchmark models (params, FLOPs, latency, memory) and the data pipeline.")
@@ -262,8 +263,6 @@ def export_onnx_cmd(
     threads: Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime threads for the check.")] = 2,
 ) -> None:
     """Export a checkpoint to ONNX (frame in [0,1] -> full-res logits) and check it against PyTorch on synthetic frames."""
-    import numpy as np
-    import torch
 
     from tandemseg.data.synthetic import SyntheticScenes
     from tandemseg.models.checkpoint import load_checkpoint
@@ -273,8 +272,7 @@ def export_onnx_cmd(
     with console.status(f"exporting {ckpt} to {out_path}"):
         path = export_onnx(ck.model, out_path, input_hw=(height, width), opset=opset)
     scenes = SyntheticScenes("val", size=(height, width), frames=frames)
-    images = np.stack([scenes[i].image for i in range(frames)])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    x = to_tensor([scenes[i].image for i in range(frames)])  # (N, 3, H, W)
     parity = onnx_parity(ck.model, path, x, threads=threads)
     ms = onnx_latency(path, (height, width), threads=threads)
     size_mb = path.stat().st_size / 1e6

@@ -31,6 +31,7 @@ from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.uncertainty import UncertaintyMatrix
 from tandemseg.errors import TandemsegError
 from tandemseg.eval import cache as K
+from tandemseg.eval import collab as C
 from tandemseg.eval import metrics as M
 from tandemseg.eval.evaluate import evaluate
 from tandemseg.eval.panel import draw_panel
@@ -118,8 +119,7 @@ def device_and_cloud_once(dataset: SegDataset, device, cloud, frames: int) -> K.
 
 def sweep_policies(cache: K.CollabCache, um: UncertaintyMatrix, shift: str, out_dir: Path) -> None:
     """Every upload policy at SWEEP_RATES on the cached stream: a table, collab.json and the curves in collab.png."""
-    result = offload_cli.run_sweep(cache, list(SWEEP_RATES), list(offload_cli.SWEEP_POLICIES), um, {}, BudgetSpec(rate=SWEEP_RATES[0]),
-                                   seed=0, dcam_alpha=0.0)
+    result = C.sweep_policies(cache, SWEEP_RATES, C.SWEEP_POLICIES, um, {})
     payload = {"data": "synthetic", "split": "val", "shift": shift, "codec": "png", **K.cache_info(cache), **result}
     offload_cli.print_sweep(payload)
     plot_sweep(payload, out_dir / "collab.png", title=f"synthetic val ({shift})")

@@ -32,9 +32,6 @@ from tandemseg.eval.calibration import load_or_compute_stats
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.wire.payload import parse_codec
 
-U_POLICIES = ("acdc", "acdc_ent")
-SWEEP_POLICIES = ("acdc", "acdc_ent", "entropy", "cema", "confidence", "random", "oracle")
-
 
 def parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -141,7 +138,7 @@ def collab(
     fps: float = typer.Option(10.0, help="frame rate of the stream for --bytes-per-s"),
     codec: str = typer.Option("png", help="frame codec: png | jpeg:Q | webp:Q"),
     sweep: str = typer.Option(None, help="comma-separated rates: run every policy at each and plot mIoU vs upload rate"),
-    policies: str = typer.Option(",".join(SWEEP_POLICIES), help="policies of a sweep"),
+    policies: str = typer.Option(",".join(C.SWEEP_POLICIES), help="policies of a sweep"),
     dcam_alpha: float = typer.Option(0.0, help="DCAM update weight alpha (eq. 14); 0 = off"),
     send_device_probs: bool = typer.Option(False, help="upload the device's coarse probabilities too (DCAM needs them)"),
     limit: int = typer.Option(None, help="first N frames only (of each pass with --repeat-schedules)"),
@@ -176,7 +173,7 @@ def collab(
     for name in names:
         if name not in POLICIES:
             raise SpecError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
-    if not sweep and policy in U_POLICIES and uncertainty is None:
+    if not sweep and policy in C.U_POLICIES and uncertainty is None:
         raise SpecError(f"policy {policy!r} needs an uncertainty matrix: pass --uncertainty U.safetensors (from `tandemseg fit-uncertainty`)")
     dataset, limit = open_stream(data, split, shift, seed, repeat_schedules, limit)
     dev = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=dataset.classes)
@@ -195,7 +192,7 @@ def collab(
               "uncertainty": str(uncertainty) if uncertainty else None, "u_meta": um.meta if um else None,
               "dcam_alpha": dcam_alpha, "controller": controller, **K.cache_info(cache)}
     if sweep:
-        result = run_sweep(cache, rates, names, um, variants, budget, seed, dcam_alpha, bootstrap, bootstrap_seed)
+        result = C.sweep_policies(cache, rates, names, um, variants, controller, seed, dcam_alpha, bootstrap, bootstrap_seed)
         payload = {**header, **result}
         print_sweep(payload)
         plot_path = plot or (json_path.with_suffix(".png") if json_path else None)
@@ -252,23 +249,6 @@ def load_cache(dataset, device_model, cloud_model, codec: str, limit, send: bool
     if path is not None:
         console.print(f"[dim]per-frame results from {path}[/dim]")
     return cache
-
-
-def run_sweep(cache, rates, names, um, variants, budget: BudgetSpec, seed: int, dcam_alpha: float,
-              resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = 0) -> dict:
-    runs, labels = [], []
-    for r in rates:
-        b = BudgetSpec(rate=r, mode=budget.mode)
-        for name in names:
-            if name in U_POLICIES and um is None:
-                continue  # no U given: the U-based policies are left out of the sweep
-            runs.append(R.PolicyRun(name, b, um, seed, dcam_alpha))
-            labels.append(name)
-        for vname, vu in variants.items():
-            runs.append(R.PolicyRun("acdc", b, vu, seed, dcam_alpha))
-            labels.append(f"acdc:{vname}")
-    result = C.sweep(cache, runs, labels, resamples=resamples, seed=bootstrap_seed)
-    return {**result, "rates": rates}
 
 
 def pct_ci(value: float | None, ci: list[float] | None, signed: bool = False) -> str:

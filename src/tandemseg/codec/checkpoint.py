@@ -22,6 +22,7 @@ from torch import nn
 from tandemseg.codec.config import CodecConfig
 from tandemseg.codec.errors import CodecCheckpointError, CodecError
 from tandemseg.codec.model import FeatureCodec
+from tandemseg.jsonio import write_json
 from tandemseg.models.checkpoint import git_commit, read_json_card, read_weights
 
 CARD_VERSION = 1
@@ -79,7 +80,7 @@ def save_codec(folder: str | Path, codec: FeatureCodec, device_hash: str, *, dat
         "weights_dtype": "float32", "data": data, "recipe": recipe, "metrics": metrics or {},
         "commit": git_commit(), "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), **(extra or {}),
     }
-    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    write_json(folder / CARD, card)
     return folder
 
 

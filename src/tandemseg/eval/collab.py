@@ -31,8 +31,10 @@ from torch import nn
 
 from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.base import SegDataset
+from tandemseg.device.budget import BudgetSpec
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.runtime import DeviceRuntime
+from tandemseg.device.uncertainty import UncertaintyMatrix
 from tandemseg.eval.bootstrap import AUC_SPAN, DEFAULT_RESAMPLES, Resamples, rate_auc
 from tandemseg.eval.cache import CollabCache, collab_cm, collab_frame_cms
 from tandemseg.eval.metrics import ConfusionMatrix, miou_of
@@ -41,6 +43,8 @@ from tandemseg.eval.replay import PolicyRun, Replay, replay_run
 
 RANDOM_SEEDS = 5  # the random policy is averaged over this many seeds in sweeps
 DIFF_BASELINES = ("random", "entropy")  # sweeps report every policy's paired difference to these
+U_POLICIES = ("acdc", "acdc_ent")  # policies that read an uncertainty matrix
+SWEEP_POLICIES = ("acdc", "acdc_ent", "entropy", "cema", "confidence", "random", "oracle")
 
 
 def selection_metrics(cache: CollabCache, mask: np.ndarray, target_rate: float, oracle: GreedyOracle | None = None) -> dict:
@@ -276,3 +280,24 @@ def single_run(
     out["gain_over_device"] = out["collab_miou"] - out["device_miou"]
     out["gain_captured"] = out["gain_over_device"] / span if span > 1e-12 else None
     return out
+
+
+def sweep_policies(
+    cache: CollabCache, rates: Sequence[float], names: Sequence[str], um: UncertaintyMatrix | None,
+    variants: dict[str, UncertaintyMatrix], mode: str = "window", seed: int = 0, dcam_alpha: float = 0.0,
+    resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = 0,
+) -> dict:
+    """`sweep` over every policy in `names` at every target rate, with `acdc` once more per U variant (ablations,
+    labelled 'acdc:<name>'). Without a U the U-based policies are left out."""
+    runs, labels = [], []
+    for r in rates:
+        budget = BudgetSpec(rate=r, mode=mode)
+        for name in names:
+            if name in U_POLICIES and um is None:
+                continue
+            runs.append(PolicyRun(name, budget, um, seed, dcam_alpha))
+            labels.append(name)
+        for vname, vu in variants.items():
+            runs.append(PolicyRun("acdc", budget, vu, seed, dcam_alpha))
+            labels.append(f"acdc:{vname}")
+    return {**sweep(cache, runs, labels, resamples=resamples, seed=bootstrap_seed), "rates": list(rates)}

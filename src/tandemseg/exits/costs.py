@@ -57,7 +57,7 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def stagecount_call_gflops(base: nn.Module, input_hw: tuple[int, int]) -> list[float]:
+def stage_gflops(base: nn.Module, input_hw: tuple[int, int]) -> list[float]:
     """Cumulative GFLOPs from the frame to each stage's output (sec. 4.1's per-layer profile, per stage)."""
     with eval_mode(base):
         x = encoder_input(base, torch.zeros(1, 3, *input_hw))  # (1, 3, h, w)
@@ -95,7 +95,7 @@ def gflops_table(net: MultiExitSegmenter, input_hw: tuple[int, int]) -> CostTabl
     feats = probe_features(net, input_hw)
     with eval_mode(net):
         heads = {k: count_call_gflops(lambda k=k: net.exit_native(k, feats)) for k in [*net.exit_keys, FINAL]}
-    return CostTable("gflops", stagecount_call_gflops(net.base, input_hw), heads, {k: 0.0 for k in net.exit_keys})
+    return CostTable("gflops", stage_gflops(net.base, input_hw), heads, {k: 0.0 for k in net.exit_keys})
 
 
 def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:

@@ -20,6 +20,7 @@ from torch import nn
 
 from tandemseg.data.classes import ClassTable
 from tandemseg.errors import CheckpointError
+from tandemseg.jsonio import write_json
 from tandemseg.models.registry import MODEL_KINDS, build_model
 
 CARD_VERSION = 1
@@ -78,7 +79,7 @@ def save_checkpoint(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    write_json(folder / CARD, card)
     return folder
 
 
@@ -88,7 +89,7 @@ def update_card(folder: str | Path, metrics: dict) -> None:
     card = json.loads(path.read_text())
     card.setdefault("metrics", {}).update(metrics)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    write_json(tmp, card)
     tmp.replace(path)
 
 

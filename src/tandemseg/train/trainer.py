@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tandemseg.data.base import SegDataset
+from tandemseg.data.tensors import to_tensor
 from tandemseg.errors import TandemsegError
 from tandemseg.eval.evaluate import evaluate
 from tandemseg.models.checkpoint import save_checkpoint, update_card
@@ -121,7 +122,7 @@ class Trainer:
         for i in indices:
             s = self._samples()[int(i)]
             img = corrupt(s.image, self.cfg.augment, rng)
-            x = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float().div_(255.0)
+            x = to_tensor([img])[0].contiguous()  # (3, H, W)
             y = torch.from_numpy(s.label)
             x, y = scale_crop_flip(x, y, self.cfg.augment, rng, self.ignore)
             images.append(x)
