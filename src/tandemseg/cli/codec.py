@@ -78,8 +78,7 @@ def train(
 
         history = train_codec(codec, train_z, val_z, tcfg, train_set.classes.num_classes, train_set.classes.ignore_index, on_epoch)
     log.close()
-    if cfg.decoder == "jd":
-        codec.reparameterize()  # the inference topology (Fig. 4): what the cloud runs and the card stores
+    codec.eval().reparameterize()  # the inference topology (Fig. 4): what the cloud runs and the card stores
     val = evaluate_codec(codec, val_z, train_set.classes.num_classes, train_set.classes.ignore_index)
     save_codec(out_dir, codec, device_fingerprint(dev.model), data=data, recipe=recipe_command(),
                metrics={"val": val, "last_epoch": history[-1]}, extra={"device_ckpt": str(device_ckpt), "train": vars(tcfg)})

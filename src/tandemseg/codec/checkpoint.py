@@ -77,7 +77,7 @@ def save_codec(folder: str | Path, codec: FeatureCodec, device_hash: str, *, dat
     card = {
         "format_version": CARD_VERSION, "kind": KIND, "config": codec.cfg.to_json(),
         "codec_id": codec.codec_id, "device_hash": device_hash, "parameters": codec.parameter_counts(),
-        "weights_dtype": "float32", "data": data, "recipe": recipe, "metrics": metrics or {},
+        "weights_dtype": "float32", "reparameterized": codec.is_reparameterized, "data": data, "recipe": recipe, "metrics": metrics or {},
         "commit": git_commit(), "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), **(extra or {}),
     }
     write_json(folder / CARD, card)
@@ -112,6 +112,8 @@ def load_codec(folder: str | Path, device: nn.Module | None = None, device_hash:
         raise CodecCheckpointError(f"{folder}/{CARD}: cannot build the codec from its config ({e})") from None
     if device is not None:
         _check_split(codec.cfg, device, folder)
+    if card.get("reparameterized", False):
+        codec.eval().reparameterize()  # the folded topology the weights were saved in (the values come next)
     codec.load_state_dict(_read_state(folder, codec))
     _check_tables(codec, folder)
     codec.codec_id, codec.device_hash = codec_fingerprint(codec), card["device_hash"]

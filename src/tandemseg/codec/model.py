@@ -170,6 +170,11 @@ class FeatureCodec(nn.Module):
         """Fold the over-parameterised ASPP into its inference topology (eval mode; sec. 3.3)."""
         self.decoder.reparameterize()
 
+    @property
+    def is_reparameterized(self) -> bool:
+        """True once the decoder's ASPP runs its folded (inference) topology."""
+        return any(getattr(m, "fused", None) is not None for m in self.decoder.modules())
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per side: the device runs SE, HE and HD (for the scale indexes); the cloud runs HD,
         the factorised prior and the decoder (JD, or SD + D). Integer tables are not parameters."""
