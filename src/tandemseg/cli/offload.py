@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tandemseg.cli.common import console, out, progress, write_json
 from tandemseg.cli.models import recipe_command
+from tandemseg.codec.checkpoint import load_codec
 from tandemseg.data.base import SegDataset
 from tandemseg.data.shifts.spec import parse_shift
 from tandemseg.data.shifts.stream import RepeatedSchedules
@@ -30,7 +31,8 @@ from tandemseg.eval import replay as R
 from tandemseg.eval.bootstrap import DEFAULT_RESAMPLES
 from tandemseg.eval.calibration import load_or_compute_stats
 from tandemseg.models.checkpoint import load_checkpoint
-from tandemseg.wire.payload import parse_codec
+from tandemseg.wire.payload import FEATURES as FEATURE_UPLOAD
+from tandemseg.wire.payload import parse_upload_codec
 
 
 def parse_list(text: str, what: str) -> list[str]:
@@ -136,7 +138,8 @@ def collab(
     controller: str = typer.Option("window", help="budget controller: window | sa (causal) | hindsight (per-stream top-k by score: evaluation only)"),
     bytes_per_s: float = typer.Option(None, help="bytes/s budget instead of --rate (token bucket at --fps)"),
     fps: float = typer.Option(10.0, help="frame rate of the stream for --bytes-per-s"),
-    codec: str = typer.Option("png", help="frame codec: png | jpeg:Q | webp:Q"),
+    codec: str = typer.Option("png", help="upload codec: png | jpeg:Q | webp:Q | features (JD bitstreams; needs --feature-codec)"),
+    feature_codec: Path = typer.Option(None, help="JD feature codec checkpoint trained for --device-ckpt (with --codec features)"),
     sweep: str = typer.Option(None, help="comma-separated rates: run every policy at each and plot mIoU vs upload rate"),
     policies: str = typer.Option(",".join(C.SWEEP_POLICIES), help="policies of a sweep"),
     dcam_alpha: float = typer.Option(0.0, help="DCAM update weight alpha (eq. 14); 0 = off"),
@@ -158,7 +161,9 @@ def collab(
     target count, gain captured, bytes, latency."""
     set_threads(threads)
     # every input is checked before the (slow) per-frame pass starts
-    parse_codec(codec)
+    codec = parse_upload_codec(codec)
+    if (codec == FEATURE_UPLOAD) != (feature_codec is not None):
+        raise SpecError("--codec features and --feature-codec DIR go together (JD bitstreams need the codec that decodes them)")
     check_rate(rate)
     if bootstrap < 1:
         raise SpecError(f"--bootstrap must be >= 1 resample, got {bootstrap}")
@@ -183,9 +188,12 @@ def collab(
     if dcam_alpha > 0 and um is not None and um.feature != "probs":
         raise SpecError(f"--dcam-alpha needs a U fitted on plain probabilities (DCAM's U_new is); {uncertainty} uses feature {um.feature!r}")
     send = send_device_probs or dcam_alpha > 0
-    cache = load_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir,
-                                {"data": data, "split": split, "shift": shift, "seed": seed, "repeat_schedules": repeat_schedules,
-                                 "device": K.checkpoint_identity(device_ckpt), "cloud": K.checkpoint_identity(cloud_ckpt)})
+    fcodec = load_codec(feature_codec, device=dev.model).codec if feature_codec else None
+    identity = {"data": data, "split": split, "shift": shift, "seed": seed, "repeat_schedules": repeat_schedules,
+                "device": K.checkpoint_identity(device_ckpt), "cloud": K.checkpoint_identity(cloud_ckpt)}
+    if feature_codec:
+        identity["feature_codec"] = K.checkpoint_identity(feature_codec)
+    cache = load_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir, identity, fcodec)
     budget = BudgetSpec(rate=rate, mode=controller, bytes_per_s=bytes_per_s, fps=fps)
     header = {"data": data, "split": split, "shift": shift, "repeat_schedules": repeat_schedules, "codec": codec,
               "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt),
@@ -207,7 +215,7 @@ def collab(
     with progress() as bar:
         task = bar.add_task(f"runtime {policy}", total=cache.frames, info="")
         payload = {**header, **C.single_run(dataset, cache, run, dev.model, cloud.model, codec, limit, send, bootstrap, bootstrap_seed,
-                                            on_frame=lambda: bar.advance(task))}
+                                            on_frame=lambda: bar.advance(task), feature_codec=fcodec)}
     print_single(payload)
     write_json(json_path, payload)
 
@@ -240,12 +248,13 @@ def parse_variants(items: list[str], classes) -> dict[str, UncertaintyMatrix]:
     return out
 
 
-def load_cache(dataset, device_model, cloud_model, codec: str, limit, send: bool, cache_dir: Path | None, identity: dict) -> K.CollabCache:
+def load_cache(dataset, device_model, cloud_model, codec: str, limit, send: bool, cache_dir: Path | None, identity: dict,
+               feature_codec=None) -> K.CollabCache:
     n = len(dataset) if limit is None else min(limit, len(dataset))
     with progress() as bar:
         task = bar.add_task("device + cloud per frame", total=n, info="")
         cache, path = K.load_or_build_cache(dataset, device_model, cloud_model, codec, limit, send, cache_dir, identity,
-                                            on_frame=lambda: bar.advance(task))
+                                            on_frame=lambda: bar.advance(task), feature_codec=feature_codec)
     if path is not None:
         console.print(f"[dim]per-frame results from {path}[/dim]")
     return cache

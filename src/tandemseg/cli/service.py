@@ -40,6 +40,7 @@ def serve(
     port: int = typer.Option(8080, min=0, max=65535, help="TCP port"),
     tokens: Path = typer.Option(None, help=f"file of DEVICE:TOKEN lines (default: the {TOKENS_ENV} variable)"),
     uncertainty: Path = typer.Option(None, help="U every device starts from (DCAM updates it per device); a device may PUT its own"),
+    codec_ckpt: Path = typer.Option(None, help="JD feature codec checkpoint: devices may then upload features (codec 'features')"),
     dcam_alpha: float = typer.Option(0.1, help="DCAM update weight alpha (ACDC eq. 14); 0 = off"),
     max_batch: int = typer.Option(8, min=1, help="dynamic batching: most frames per forward"),
     max_wait_ms: float = typer.Option(10.0, min=0.0, help="dynamic batching: wait at most this long after a batch's first frame"),
@@ -67,6 +68,8 @@ def serve(
                     max_inflight_per_device=max_inflight_per_device)
     batching = BatchConfig(max_batch, max_wait_ms, max_queue, pipeline)
     initial_u, settings = initial_u_and_dcam_settings(uncertainty, cloud_ckpt)
+    if ray and codec_ckpt:
+        raise SpecError("--codec-ckpt is served by the uvicorn server; the Ray deployment decodes images only (drop --ray)")
     if ray:
         _serve_ray(cloud_ckpt, token_map, limits, batching, dcam_alpha, initial_u, settings, host, port, replicas, autoscale,
                    replica_cpus, threads, ray_address)
@@ -81,7 +84,14 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(cloud_ckpt, expect_kind="cloud")
-    service = CloudService(ModelSegmenter(ck.model), ck.classes, dcam_alpha=dcam_alpha, initial_u=initial_u, dcam_settings=settings)
+    feature_codec = None
+    if codec_ckpt:
+        from tandemseg.codec.checkpoint import load_codec
+
+        feature_codec = load_codec(codec_ckpt).codec
+        if feature_codec.cfg.num_classes != ck.classes.num_classes:
+            raise SpecError(f"{codec_ckpt} predicts {feature_codec.cfg.num_classes} classes but {cloud_ckpt} predicts {ck.classes.num_classes}")
+    service = CloudService(ModelSegmenter(ck.model, feature_codec), ck.classes, dcam_alpha=dcam_alpha, initial_u=initial_u, dcam_settings=settings)
     if warmup:
         from tandemseg.cloud.app import warm_up
 
@@ -151,7 +161,8 @@ def device(
     bytes_per_s: float = typer.Option(None, help="bytes/s budget instead of --rate"),
     fps: float = typer.Option(10.0, help="frame rate for --bytes-per-s (and --pace)"),
     pace: bool = typer.Option(False, help="stream at --fps in real time (default: as fast as the device runs)"),
-    codec: str = typer.Option("png", help="frame codec: png | jpeg:Q | webp:Q"),
+    codec: str = typer.Option("png", help="upload codec: png | jpeg:Q | webp:Q | features (JD bitstreams; needs --feature-codec)"),
+    feature_codec: Path = typer.Option(None, help="JD feature codec checkpoint trained for --device-ckpt (with --codec features)"),
     dcam: bool = typer.Option(True, help="send the coarse probabilities so the cloud's DCAM adapts U (eq. 13-14)"),
     limit: int = typer.Option(None, help="first N frames only"),
     seed: int = typer.Option(0, help="seed of shifts and of the random policy"),
@@ -182,6 +193,7 @@ def device(
     payload = run_device_client(
         server, token, data, split, shift, device_ckpt, uncertainty, policy, rate, controller, bytes_per_s, fps, codec, dcam,
         limit, seed, retry, StreamConfig(deadline_ms / 1000.0, max_lag, fps if pace else 0.0), cloud_ckpt, progress_bar=progress,
+        feature_codec=feature_codec,
     )
     print_device(payload)
     write_json(json_path, payload)

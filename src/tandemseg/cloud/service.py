@@ -20,9 +20,12 @@ from torch import nn
 from tandemseg.cloud.dcam import Dcam, DcamEvidence, DcamSettings
 from tandemseg.cloud.states import DeviceStateStore
 from tandemseg.cloud.uploads import decode_upload, encode_prediction, upload_probs
+from tandemseg.codec.bitstream import decode_bitstream
+from tandemseg.codec.model import FeatureCodec
 from tandemseg.data.classes import ClassTable
 from tandemseg.data.tensors import to_tensor
 from tandemseg.wire.messages import CloudReply, UploadRequest
+from tandemseg.wire.payload import FEATURES, PayloadError
 
 
 class Segmenter(Protocol):
@@ -34,18 +37,25 @@ class Segmenter(Protocol):
 
 
 class ModelSegmenter:
-    """Decode each upload's frame and run the cloud model: one batched forward per distinct frame size."""
+    """The cloud's inference: image uploads are decoded and run through the cloud model (one batched forward per
+    distinct frame size); feature uploads (JD) go through `feature_codec`'s joint decoder straight from the
+    bitstream, when the service has one."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, feature_codec: FeatureCodec | None = None) -> None:
         self.model = model.eval()
+        self.feature_codec = feature_codec.eval() if feature_codec is not None else None
 
     def predict(self, requests: list[UploadRequest]) -> tuple[list[np.ndarray], list[float]]:
-        frames = [decode_upload(r) for r in requests]
-        preds: list[np.ndarray] = [np.empty(0)] * len(frames)
-        cloud_ms = [0.0] * len(frames)
+        preds: list[np.ndarray] = [np.empty(0)] * len(requests)
+        cloud_ms = [0.0] * len(requests)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, f in enumerate(frames):
-            groups.setdefault(f.shape[:2], []).append(i)
+        frames: dict[int, np.ndarray] = {}
+        for i, r in enumerate(requests):
+            if r.codec == FEATURES:
+                preds[i], cloud_ms[i] = self._decode_features(r)
+            else:
+                frames[i] = decode_upload(r)
+                groups.setdefault(frames[i].shape[:2], []).append(i)
         for idx in groups.values():
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -55,6 +65,18 @@ class ModelSegmenter:
             for j, i in enumerate(idx):
                 preds[i], cloud_ms[i] = labels[j], ms
         return preds, cloud_ms
+
+    def _decode_features(self, request: UploadRequest) -> tuple[np.ndarray, float]:
+        """JD: bitstream -> exact latents -> joint decoder -> label map; BitstreamError for foreign or damaged bytes."""
+        if self.feature_codec is None:
+            raise PayloadError(f"frame {request.frame_id} carries JD features but this cloud has no feature codec; "
+                               "start it with `tandemseg serve --codec-ckpt DIR` (the codec trained for your device)")
+        t0 = time.perf_counter()
+        logits, stream = decode_bitstream(self.feature_codec, request.payload)  # (1, S, H, W)
+        if tuple(stream.frame_hw) != (request.height, request.width):
+            raise PayloadError(f"frame {request.frame_id}: the bitstream is for {stream.frame_hw} but the request says {request.height}x{request.width}")
+        label = logits.argmax(1)[0].to(torch.uint8).numpy()  # (H, W)
+        return label, (time.perf_counter() - t0) * 1e3
 
 
 class CloudService:

@@ -21,13 +21,17 @@ def identity(codec: FeatureCodec) -> tuple[str, str]:
 @torch.no_grad()
 def encode_frames(model: SplitCodec, frames: torch.Tensor) -> list[bytes]:
     """Device side: frames (N, 3, H, W) in [0, 1] -> one container per frame."""
-    codec = model.codec
-    if codec.device_hash is None:
-        codec.device_hash = device_fingerprint(model.device)
+    if model.codec.device_hash is None:
+        model.codec.device_hash = device_fingerprint(model.device)
+    return encode_features(model.codec, model.features(frames), tuple(int(v) for v in frames.shape[-2:]))
+
+
+@torch.no_grad()
+def encode_features(codec: FeatureCodec, z: torch.Tensor, frame_hw: tuple[int, int]) -> list[bytes]:
+    """Device side: split features z (N, C_z, h, w) of frames of size `frame_hw` -> one container per frame."""
     codec_id, device_hash = identity(codec)
-    frame_hw = tuple(int(v) for v in frames.shape[-2:])
-    return [pack(c, codec_id=codec_id, device_hash=device_hash, split_index=codec.cfg.split_index, frame_hw=frame_hw)
-            for c in model.compress(frames)]
+    return [pack(c, codec_id=codec_id, device_hash=device_hash, split_index=codec.cfg.split_index, frame_hw=tuple(frame_hw))
+            for c in codec.compress(z)]
 
 
 @torch.no_grad()

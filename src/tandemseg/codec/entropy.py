@@ -132,7 +132,7 @@ class GaussianConditional(ResizableTables):
     def indexes(self, scales: torch.Tensor) -> torch.Tensor:
         """Index of the smallest table entry >= sigma (sigma rounded up: a slightly wide model costs a few
         bits, a narrow one many). `scales` must come from the exact integer HD so both ends agree."""
-        idx = torch.bucketize(scales.double().cpu(), self.scale_table, right=False)
+        idx = torch.bucketize(scales.double().cpu().contiguous(), self.scale_table, right=False)
         return idx.clamp_(max=self.scale_table.numel() - 1)
 
     @torch.no_grad()

@@ -76,7 +76,8 @@ class DeviceRuntime:
     """model -> score -> decide -> payload -> link -> fuse -> state; see device/steps.py for each step's interface.
 
     `model` is a device network (wrapped in `LiveModel`) or any ModelStep; `payload` defaults to the frame
-    encoded with `codec`, with the device's probabilities attached when `send_device_probs`.
+    encoded with `codec`, with the device's probabilities attached when `send_device_probs`. For feature uploads
+    (JD) pass the steps of `device.steps.make_device_steps(model, "features", ..., feature_codec=codec)`.
     """
 
     def __init__(

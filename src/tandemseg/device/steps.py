@@ -5,7 +5,7 @@
     model    -> DeviceOutput         run the device network (ACDC eq. 4)      ModelStep: `LiveModel`
     score    -> float                the upload policy (eq. 9, entropy, ...)  device/policies.py
     decide   -> bool                 the budget controller (eq. 10)           device/budget.py
-    payload  -> UploadRequest        what crosses the wire                    PayloadStep: `ImagePayload`
+    payload  -> UploadRequest        what crosses the wire                    PayloadStep: `ImagePayload`, `FeaturePayload` (JD)
     link     -> Future[CloudReply]   in-process or HTTP                       device/link.py, device/http_link.py
     fuse     -> final label map      what to show for an answered frame       FuseStep: `CloudLabel`
     state    -> U (and later weights) the cloud's updates to the device       DeviceRuntime._apply_u
@@ -18,18 +18,20 @@ measured by every path at once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from tandemseg.codec.bitstream import encode_features
+from tandemseg.codec.model import FeatureCodec
 from tandemseg.data.tensors import to_tensor
-from tandemseg.errors import DataError
+from tandemseg.errors import DataError, SpecError
 from tandemseg.models.blocks import resize
 from tandemseg.wire.messages import UploadRequest
-from tandemseg.wire.payload import Codec, encode_frame, pack_probs, parse_codec
+from tandemseg.wire.payload import FEATURES, Codec, encode_frame, pack_probs, parse_codec
 
 
 @dataclass
@@ -38,6 +40,7 @@ class DeviceOutput:
     pred: np.ndarray | None  # (H, W) uint8 device prediction; None when a replay scores frames from its cache
     device_ms: float
     size: tuple[int, int]  # (H, W) of the frame: the size every label map of this frame has
+    features: dict[int, torch.Tensor] = field(default_factory=dict)  # stage index -> (1, C, h, w) kept for a payload
 
 
 class ModelStep(Protocol):
@@ -65,25 +68,31 @@ def check_frame(frame: np.ndarray) -> None:
 
 
 @torch.inference_mode()
-def run_device(model: nn.Module, frame: np.ndarray) -> DeviceOutput:
-    """Eq. 4: y_coarse = M_d(f_down(x)), upsampled; exactly what `model(frame).argmax` gives, plus the coarse probs."""
+def run_device(model: nn.Module, frame: np.ndarray, keep: tuple[int, ...] = ()) -> DeviceOutput:
+    """Eq. 4: y_coarse = M_d(f_down(x)), upsampled; exactly what `model(frame).argmax` gives, plus the coarse probs
+    and, for the stage indices in `keep`, the encoder's outputs there (one pass: a feature payload reuses them)."""
     t0 = time.perf_counter()
     x = to_tensor([frame])  # (1, 3, H, W)
-    logits = model.forward_coarse(x)  # (1, C, h, w)
+    if keep:
+        feats = model.forward_features(model.normalize(model.downsample(x)))  # every stage, (1, C_i, h_i, w_i)
+        logits, kept = model.decode(feats), {i: feats[i] for i in keep}  # (1, C, h, w)
+    else:
+        logits, kept = model.forward_coarse(x), {}
     pred = resize(logits, x.shape[-2:]).argmax(1)[0].to(torch.uint8).numpy()  # (H, W)
     probs = logits[0].float().softmax(0)  # (C, h, w)
-    return DeviceOutput(probs, pred, (time.perf_counter() - t0) * 1e3, (frame.shape[0], frame.shape[1]))
+    return DeviceOutput(probs, pred, (time.perf_counter() - t0) * 1e3, (frame.shape[0], frame.shape[1]), kept)
 
 
 class LiveModel:
-    """The device network on the frame itself."""
+    """The device network on the frame itself; `keep` names encoder stages whose outputs a payload needs."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, keep: tuple[int, ...] = ()) -> None:
         self.model = model.eval()
+        self.keep = tuple(keep)
 
     def run(self, frame: np.ndarray | None, frame_id: int) -> DeviceOutput:
         check_frame(frame)
-        return run_device(self.model, frame)
+        return run_device(self.model, frame, self.keep)
 
 
 class ImagePayload:
@@ -107,6 +116,49 @@ def attach_probs(request: UploadRequest, device: DeviceOutput, send: bool) -> No
     """Add the device's uint8-quantised coarse probabilities (what DCAM reads) to an upload when `send`."""
     if send:
         request.device_probs, request.device_probs_shape = pack_probs(device.probs.numpy())
+
+
+class FeaturePayload:
+    """JD (sec. 3.1-3.2): the device encoder's features at the codec's split stage, range-coded with the learned
+    hyperprior into one container (codec/container.py: codec id, device hash, stage, shapes, CRC) instead of an
+    image. The model step must keep that stage (`LiveModel(model, keep=(split_index,))`; see `feature_steps`)."""
+
+    def __init__(self, codec: FeatureCodec, device_id: str = "dev0", send_device_probs: bool = False) -> None:
+        if codec.device_hash is None:
+            raise ValueError("the feature codec has no device hash; load it with load_codec(..., device=model)")
+        self.codec = codec.eval()
+        self.device_id = device_id
+        self.send_device_probs = send_device_probs
+
+    @property
+    def split_index(self) -> int:
+        return self.codec.cfg.split_index
+
+    def build(self, frame: np.ndarray | None, frame_id: int, device: DeviceOutput, u_version: int) -> UploadRequest:
+        z = device.features.get(self.split_index)
+        if z is None:
+            raise ValueError(f"the model step kept no features at stage {self.split_index}: build it with LiveModel(model, keep=({self.split_index},))")
+        container = encode_features(self.codec, z, device.size)[0]
+        request = UploadRequest(self.device_id, frame_id, container, FEATURES, device.size[0], device.size[1], u_version=u_version)
+        attach_probs(request, device, self.send_device_probs)
+        return request
+
+
+def feature_steps(model: nn.Module, codec: FeatureCodec, device_id: str = "dev0", send_device_probs: bool = False) -> tuple[LiveModel, FeaturePayload]:
+    """The model step and payload step of a device that uploads JD features instead of images."""
+    payload = FeaturePayload(codec, device_id, send_device_probs)
+    return LiveModel(model, keep=(payload.split_index,)), payload
+
+
+def make_device_steps(model: nn.Module, codec: str = "png", device_id: str = "dev0", send_device_probs: bool = False,
+                      feature_codec: FeatureCodec | None = None) -> tuple[ModelStep, PayloadStep]:
+    """The model and payload steps for an upload codec: an image codec (png | jpeg:Q | webp:Q), or `features` (JD),
+    which needs the feature codec trained for this device."""
+    if codec.strip().lower() == FEATURES:
+        if feature_codec is None:
+            raise SpecError("codec 'features' uploads JD bitstreams: give the feature codec checkpoint (--feature-codec DIR)")
+        return feature_steps(model, feature_codec, device_id, send_device_probs)
+    return LiveModel(model), ImagePayload(codec, device_id, send_device_probs)
 
 
 class CloudLabel:

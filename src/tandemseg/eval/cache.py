@@ -21,16 +21,18 @@ import torch
 from torch import nn
 
 from tandemseg.cloud.service import CloudService, ModelSegmenter
+from tandemseg.codec.model import FeatureCodec
 from tandemseg.data.base import SegDataset
 from tandemseg.data.classes import ClassTable
 from tandemseg.device.budget import FixedSelection
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
+from tandemseg.device.steps import make_device_steps
 from tandemseg.eval.metrics import ConfusionMatrix
 from tandemseg.heap import HeapTrimmer
 from tandemseg.models.flops import count_gflops
-from tandemseg.wire.payload import parse_codec
+from tandemseg.wire.payload import parse_upload_codec
 
 CACHE_VERSION = 2  # 2: per-frame source index (groups) for the bootstrap
 
@@ -116,15 +118,16 @@ def source_of(dataset: SegDataset, index: int) -> int:
 
 def build_cache(
     dataset: SegDataset, device_model: nn.Module, cloud_model: nn.Module, codec: str = "png", limit: int | None = None,
-    send_device_probs: bool = False, on_frame: Callable[[], None] | None = None,
+    send_device_probs: bool = False, on_frame: Callable[[], None] | None = None, feature_codec: FeatureCodec | None = None,
 ) -> CollabCache:
     """Every frame through the runtime with policy `all` and the real cloud in-process: the device's view, the
-    cloud's reply (via CloudService on the decoded payload, as over HTTP) and their sizes and times."""
+    cloud's reply (via CloudService on the decoded payload, as over HTTP) and their sizes and times. With codec
+    'features' the uploads are JD bitstreams and the cloud's maps come from `feature_codec`'s joint decoder."""
     classes = dataset.classes
-    codec_ = parse_codec(codec)
-    link = InProcessLink(CloudService(ModelSegmenter(cloud_model), classes))
-    runtime = DeviceRuntime(device_model, make_policy("all"), FixedSelection([]), link, codec=str(codec_), device_id="cache",
-                            send_device_probs=send_device_probs)
+    codec_ = parse_upload_codec(codec)
+    link = InProcessLink(CloudService(ModelSegmenter(cloud_model, feature_codec), classes))
+    model_step, payload = make_device_steps(device_model, codec_, "cache", send_device_probs, feature_codec)
+    runtime = DeviceRuntime(model_step, make_policy("all"), FixedSelection([]), link, payload=payload)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise ValueError("the evaluation stream is empty")
@@ -171,7 +174,7 @@ def checkpoint_identity(folder: str | Path) -> dict:
 
 def load_or_build_cache(
     dataset: SegDataset, device_model: nn.Module, cloud_model: nn.Module, codec: str, limit: int | None, send: bool,
-    cache_dir: Path | None, identity: dict, on_frame: Callable[[], None] | None = None,
+    cache_dir: Path | None, identity: dict, on_frame: Callable[[], None] | None = None, feature_codec: FeatureCodec | None = None,
 ) -> tuple[CollabCache, Path | None]:
     """The cache of this run from `cache_dir` when one with the same identity is there, else built (and saved).
     Returns the cache and the file it was read from (None when built)."""
@@ -180,7 +183,7 @@ def load_or_build_cache(
     path = cache_dir / f"collab-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         return CollabCache.load(path), path
-    cache = build_cache(dataset, device_model, cloud_model, codec, limit, send, on_frame)
+    cache = build_cache(dataset, device_model, cloud_model, codec, limit, send, on_frame, feature_codec)
     cache.info.update(identity)
     if path is not None:
         cache.save(path)

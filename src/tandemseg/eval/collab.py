@@ -30,10 +30,12 @@ import numpy as np
 from torch import nn
 
 from tandemseg.cloud.service import CloudService, ModelSegmenter
+from tandemseg.codec.model import FeatureCodec
 from tandemseg.data.base import SegDataset
 from tandemseg.device.budget import BudgetSpec
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.runtime import DeviceRuntime
+from tandemseg.device.steps import make_device_steps
 from tandemseg.device.uncertainty import UncertaintyMatrix
 from tandemseg.eval.bootstrap import AUC_SPAN, DEFAULT_RESAMPLES, Resamples, rate_auc
 from tandemseg.eval.cache import CollabCache, collab_cm, collab_frame_cms
@@ -146,16 +148,18 @@ def median(values: Sequence[float]) -> float | None:
 def run_runtime(
     dataset: SegDataset, cache: CollabCache, run: PolicyRun, device_model: nn.Module, cloud_model: nn.Module, codec: str,
     limit: int | None = None, send_device_probs: bool = False, on_frame: Callable[[], None] | None = None,
+    feature_codec: FeatureCodec | None = None,
 ) -> dict:
-    """The single-run path: DeviceRuntime + InProcessLink over the stream, real encoded bytes."""
+    """The single-run path: DeviceRuntime + InProcessLink over the stream, real encoded bytes (images, or JD features
+    with codec 'features')."""
     oracle_mask = GreedyOracle(cache).at_rate(run.budget.rate or 0.0) if run.policy == "oracle" else None
     policy, controller, u = run.make(cache, oracle_mask)
     dcam = run.dcam()
-    service = CloudService(ModelSegmenter(cloud_model), dataset.classes, dcam_alpha=dcam.alpha if dcam else 0.0,
+    service = CloudService(ModelSegmenter(cloud_model, feature_codec), dataset.classes, dcam_alpha=dcam.alpha if dcam else 0.0,
                            initial_u=dcam.initial_u if dcam else None, dcam_settings=dcam.settings if dcam else None)
     send_probs = send_device_probs or dcam is not None
-    runtime = DeviceRuntime(device_model, policy, controller, InProcessLink(service), codec=codec,
-                            send_device_probs=send_probs, uncertainty=u)
+    model_step, payload = make_device_steps(device_model, codec, "dev0", send_probs, feature_codec)
+    runtime = DeviceRuntime(model_step, policy, controller, InProcessLink(service), payload=payload, uncertainty=u)
     cm = ConfusionMatrix(dataset.classes.num_classes, dataset.classes.ignore_index)
     n = cache.frames if limit is None else min(limit, cache.frames)
     results = []
@@ -266,12 +270,12 @@ def _mean_rows(rows: list[dict]) -> dict:
 def single_run(
     dataset: SegDataset, cache: CollabCache, run: PolicyRun, device_model: nn.Module, cloud_model: nn.Module, codec: str,
     limit: int | None = None, send_device_probs: bool = False, resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = 0,
-    on_frame: Callable[[], None] | None = None,
+    on_frame: Callable[[], None] | None = None, feature_codec: FeatureCodec | None = None,
 ) -> dict:
     """One (policy, budget) through the live runtime (`run_runtime`), with the figures a sweep row has: the runtime's
     own mIoU and bytes, and the intervals, oracle and gain from the cache's per-frame results at its decisions."""
     ev = Evaluation.of(cache, resamples, bootstrap_seed)
-    rt = run_runtime(dataset, cache, run, device_model, cloud_model, codec, limit, send_device_probs, on_frame)
+    rt = run_runtime(dataset, cache, run, device_model, cloud_model, codec, limit, send_device_probs, on_frame, feature_codec)
     mask = rt.pop("mask")
     row, _ = ev.row([mask], run.target_rate(rt["controller"]))
     out = {**ev.header(), **row, "policy": run.policy, **rt,

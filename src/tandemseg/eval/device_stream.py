@@ -130,12 +130,14 @@ def summarise(run: StreamRun, frames: int, wall: float) -> dict:
 def run_device_client(
     server: str, token: str, data: str, split: str, shift: str, device_ckpt, uncertainty, policy: str, rate: float,
     controller: str, bytes_per_s: float | None, fps: float, codec: str, dcam: bool, limit: int | None, seed: int,
-    retry, stream: StreamConfig, cloud_ckpt=None, progress_bar=None,
+    retry, stream: StreamConfig, cloud_ckpt=None, progress_bar=None, feature_codec=None,
 ) -> dict:
     """`tandemseg device`: the collab runtime with the HTTP link; returns collab's keys plus the network's figures."""
+    from tandemseg.codec.checkpoint import load_codec
     from tandemseg.data.spec import open_dataset
     from tandemseg.device.budget import BudgetSpec, check_rate
     from tandemseg.device.http_link import HttpLink
+    from tandemseg.device.steps import make_device_steps
     from tandemseg.device.uncertainty import UncertaintyMatrix
     from tandemseg.eval import replay as R
     from tandemseg.models.checkpoint import load_checkpoint
@@ -154,7 +156,9 @@ def run_device_client(
             raise TandemsegError(f"the server's model predicts {health['classes']} classes but {data} has {dataset.classes.num_classes}")
         if u is not None:
             link.put_u(u.u)  # the cloud's DCAM starts from the U this device starts from (version 0)
-        runtime = DeviceRuntime(dev.model, pol, ctrl, link, codec=codec, device_id=device_id, send_device_probs=dcam, uncertainty=u)
+        codec_model = load_codec(feature_codec, device=dev.model).codec if feature_codec else None
+        model_step, payload = make_device_steps(dev.model, codec, device_id, dcam, codec_model)
+        runtime = DeviceRuntime(model_step, pol, ctrl, link, payload=payload, uncertainty=u)
         n = len(dataset) if limit is None else min(limit, len(dataset))
         if progress_bar is None:
             result = run_stream(dataset, runtime, n, stream)
@@ -166,9 +170,11 @@ def run_device_client(
         link.close()
     mask = result.pop("mask")
     target = run.target_rate(ctrl.summary())
-    reference = _reference_metrics(dataset, dev.model, cloud_ckpt, codec, limit, dcam, mask, target, result["collab_miou"]) if cloud_ckpt else {}
+    reference = (_reference_metrics(dataset, dev.model, cloud_ckpt, codec, limit, dcam, mask, target, result["collab_miou"], codec_model)
+                 if cloud_ckpt else {})
     return {
         "server": server, "device_id": device_id, "data": data, "split": split, "shift": shift, "codec": codec,
+        "feature_codec": str(feature_codec) if feature_codec else None,
         "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt) if cloud_ckpt else None,
         "uncertainty": str(uncertainty) if uncertainty else None, "u_meta": um.meta if um else None, "dcam": dcam,
         "policy": policy, "controller": ctrl.summary(), "target_rate": target, "uploaded_frames": np.flatnonzero(mask).tolist(),
@@ -181,6 +187,7 @@ def run_device_client(
 
 def _reference_metrics(
     dataset, device_model, cloud_ckpt, codec: str, limit, send: bool, mask: np.ndarray, target_rate: float, collab_miou: float,
+    feature_codec=None,
 ) -> dict:
     """cloud mIoU, the greedy oracle at the target count round(target_rate * N) and the gain this run captured
     (with the mIoU it reached over HTTP, fallbacks included), from a local copy of the cloud model."""
@@ -190,7 +197,7 @@ def _reference_metrics(
     from tandemseg.models.checkpoint import load_checkpoint
 
     cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
-    cache = K.build_cache(dataset, device_model, cloud.model, codec, limit, send)
+    cache = K.build_cache(dataset, device_model, cloud.model, codec, limit, send, feature_codec=feature_codec)
     m = C.selection_metrics(cache, mask, target_rate)
     span = m["oracle_miou"] - m["device_miou"]
     return {k: m[k] for k in ("cloud_miou", "oracle_miou", "target_uploads", "upload_rate_by_condition")} | {

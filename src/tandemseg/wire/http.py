@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from tandemseg.codec.container import unpack
+from tandemseg.codec.errors import BitstreamError
 from tandemseg.errors import SpecError, TandemsegError
 from tandemseg.wire import payload
 from tandemseg.wire.messages import PROTOCOL_VERSION, CloudReply, UploadRequest
@@ -104,11 +106,11 @@ def parse_dims(value: str, name: str, ndim: int, hi: int = 1 << 20) -> tuple[int
 
 
 def parse_codec(value: str) -> str:
-    """The codec header in its canonical spelling (`png` | `jpeg:Q` | `webp:Q`), parsed by wire.payload's one parser."""
+    """The codec header in its canonical spelling (`png` | `jpeg:Q` | `webp:Q` | `features`), by wire.payload's parser."""
     try:
-        return str(payload.parse_codec(value))
+        return payload.parse_upload_codec(value)
     except SpecError:
-        raise WireError(f"{H_CODEC} must be png, jpeg:Q or webp:Q with Q in 1..100, got {value[:40]!r}") from None
+        raise WireError(f"{H_CODEC} must be png, jpeg:Q or webp:Q with Q in 1..100, or features; got {value[:40]!r}") from None
 
 
 def parse_bearer(authorization: str | None) -> str | None:
@@ -208,6 +210,9 @@ def check_image(req: UploadRequest, limits: WireLimits = WireLimits()) -> None:
     A PNG is verified by its chunk checksums rather than decoded (the service decodes it anyway); should a
     crafted PNG with valid checksums still fail to decode, the batcher isolates it (cloud/batching.py).
     """
+    if req.codec == payload.FEATURES:
+        check_features(req)
+        return
     want = payload.FRAME_FORMATS[payload.parse_codec(req.codec).name]
     try:
         with Image.open(io.BytesIO(req.payload)) as im:
@@ -225,6 +230,17 @@ def check_image(req: UploadRequest, limits: WireLimits = WireLimits()) -> None:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise WireError(f"cannot decode the frame as {req.codec}: {str(e)[:120]}") from None
+
+
+def check_features(req: UploadRequest) -> None:
+    """A feature upload's container: intact (length, CRC, header fields) and for this frame's size. Raises WireError.
+    Whether this server's codec can decode it (codec id, device hash) is the decoder's check (a 4xx as well)."""
+    try:
+        stream = unpack(req.payload)
+    except BitstreamError as e:
+        raise WireError(f"the features payload is not a valid bitstream: {e}") from None
+    if tuple(stream.frame_hw) != (req.height, req.width):
+        raise WireError(f"the bitstream is for a {stream.frame_hw[0]}x{stream.frame_hw[1]} frame but {H_SIZE} says {req.height}x{req.width}")
 
 
 # ---------------------------------------------------------------- replies

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the `features` payload (JD bitstream container) next to image codecs
 
 
 @dataclass
@@ -20,8 +20,8 @@ class UploadRequest:
 
     device_id: str
     frame_id: int
-    payload: bytes  # the encoded frame (PNG/JPEG/WebP), see wire.payload
-    codec: str  # 'png' | 'jpeg:Q' | 'webp:Q'
+    payload: bytes  # the encoded frame (PNG/JPEG/WebP), or a JD feature bitstream container (codec/container.py)
+    codec: str  # 'png' | 'jpeg:Q' | 'webp:Q' | 'features'
     height: int  # full-resolution frame size the cloud must predict at
     width: int
     protocol_version: int = PROTOCOL_VERSION

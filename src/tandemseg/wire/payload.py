@@ -20,6 +20,7 @@ from PIL import Image
 from tandemseg.errors import SpecError, TandemsegError
 
 FRAME_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+FEATURES = "features"  # an upload of JD split features: a codec/container.py bitstream, not an image
 
 
 class PayloadError(TandemsegError):
@@ -54,6 +55,16 @@ def parse_codec(text: str) -> Codec:
     if not 1 <= quality <= 100:
         raise SpecError(f"codec quality must be in 1..100, got {quality} in {text!r}")
     return Codec(name, quality)
+
+
+def parse_upload_codec(text: str) -> str:
+    """What an upload's `codec` field may say: an image codec (canonical spelling, see parse_codec) or 'features'."""
+    if (text or "").strip().lower() == FEATURES:
+        return FEATURES
+    try:
+        return str(parse_codec(text))
+    except SpecError:
+        raise SpecError(f"unknown upload codec {text!r}; valid: png, jpeg:Q, webp:Q (Q in 1..100) or {FEATURES}") from None
 
 
 def encode_frame(image: np.ndarray, codec: str | Codec = "png") -> bytes:
