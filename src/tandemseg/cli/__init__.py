@@ -33,6 +33,7 @@ app.command("demo", help="Run the whole edge-cloud job on the embedded synthetic
 app.command("serve", help="Serve the cloud model over HTTP (FastAPI + uvicorn, or Ray Serve with --ray).")(service_cli.serve)
 app.command("device", help="Stream frames through the device runtime with the HTTP link to a server.")(service_cli.device)
 app.command("loadtest", help="Simulate K concurrent devices against a server: throughput, latency, errors.")(service_cli.loadtest)
+app.command("rd", help="Rate-distortion on real bytes: feature codecs (JD, SD+D, float) vs image codecs into the cloud model.")(codec_cli.rd)
 app.add_typer(codec_cli.app, name="codec", help="Feature codec (JD): train and evaluate on real range-coded bitstreams.")
 app.add_typer(report_cli.app, name="report", help="Rebuild the Markdown tables of docs/results/ from the JSON results.")
 

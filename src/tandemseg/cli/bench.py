@@ -282,3 +282,43 @@ def export_onnx_cmd(
         f"argmax agreement {100 * parity['argmax_agreement']:.3f}%\n"
         f"ONNX Runtime latency: {ms:.1f} ms median ({threads} threads)"
     )
+
+
+@app.command()
+def codec(
+    device_ckpt: Annotated[Path, typer.Option(help="device checkpoint the codec was trained on")],
+    codec_ckpt: Annotated[Path, typer.Option(help="feature codec checkpoint")],
+    cloud_ckpt: Annotated[Path, typer.Option(help="cloud model the decode time is compared with")],
+    data: Annotated[str, typer.Option(help="dataset spec the frames come from")] = "synthetic",
+    split: Annotated[str, typer.Option(help="data split")] = "val",
+    frames: Annotated[int, typer.Option(min=1, help="frames timed (after 2 warm-up frames)")] = 20,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads")] = 1,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+) -> None:
+    """Device: model alone vs model + feature encoding (JD's encode overhead); cloud: cloud model vs feature decoding."""
+    import torch
+
+    from tandemseg.codec.checkpoint import load_codec
+    from tandemseg.data.spec import open_dataset
+    from tandemseg.eval.codec import codec_latency
+    from tandemseg.models.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    dataset = open_dataset(data, split)
+    dev = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=dataset.classes)
+    cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
+    ck = load_codec(codec_ckpt, device=dev.model)
+    images = [dataset[i].image for i in range(min(frames, len(dataset)))]
+    with console.status("timing device and cloud, with and without the feature codec"):
+        result = codec_latency(dev.model, ck.codec, cloud.model, images)
+    payload = {"command": command_line(), "device_ckpt": str(device_ckpt), "codec_ckpt": str(codec_ckpt), "cloud_ckpt": str(cloud_ckpt),
+               "data": data, "split": split, "threads": threads, "load_avg_1min": os.getloadavg()[0], "machine": machine_info(), **result}
+    table = Table(title=f"feature codec latency ({threads} thread(s), median of {result['frames']} frames)")
+    table.add_column("what")
+    table.add_column("ms", justify="right")
+    for key in ("device_ms", "device_with_encode_ms", "cloud_ms", "cloud_decode_ms"):
+        table.add_row(key.removesuffix("_ms"), f"{result[key]:.1f}")
+    out.print(table)
+    out.print(f"encode adds {100 * result['encode_overhead']:.1f}% to the device; feature decoding is "
+              f"{100 * result['decode_share_of_cloud']:.1f}% of the cloud model's time; {result['bytes_per_frame']:.0f} bytes per frame")
+    write_json(json_path, payload)

@@ -15,9 +15,19 @@ from tandemseg.codec.config import DECODERS
 from tandemseg.codec.split import resolve_config
 from tandemseg.data.spec import open_dataset
 from tandemseg.errors import SpecError, TandemsegError
+from tandemseg.eval.codec import (
+    FeatureSet,
+    codec_point,
+    evaluate_codec,
+    expand_image_codecs,
+    image_codec_point,
+    split_feature_set,
+)
+from tandemseg.eval.evaluate import evaluate
+from tandemseg.eval.plots import plot_rd
 from tandemseg.jsonio import dumps
 from tandemseg.models.checkpoint import load_checkpoint
-from tandemseg.train.codec import CodecTrainConfig, FeatureSet, evaluate_codec, split_feature_set, train_codec
+from tandemseg.train.codec import CodecTrainConfig, train_codec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Feature codec (JD): train and evaluate on real bitstreams.")
 
@@ -120,3 +130,61 @@ def print_metrics(title: str, m: dict) -> None:
         table.add_row(k, f"{m[k]:.4g}" if isinstance(m[k], float) else str(m[k]))
     out.print(table)
     console.print("[dim]encode_ms / decode_ms: the codec's own layers and range coding, split features given[/dim]")
+
+
+def rd(
+    data: str = typer.Option(..., help="dataset spec"),
+    split: str = typer.Option("val", help="data split the points are measured on"),
+    device_ckpt: Path = typer.Option(..., help="the device checkpoint the feature codecs were trained on"),
+    cloud_ckpt: Path = typer.Option(..., help="cloud model that segments the image-codec frames"),
+    codec_ckpts: list[Path] = typer.Option([], "--codec-ckpt", help="feature codec checkpoint (repeat): jd, sd+d or no-compression"),
+    image_codecs: str = typer.Option("png,jpeg:10..90,webp:10..90", help="image codecs: png, jpeg:Q, webp:Q, avif:Q; Q1..Q2 steps by 20"),
+    limit: int = typer.Option(None, help="first N frames only"),
+    threads: int = typer.Option(1, min=1, help="torch CPU threads"),
+    json_path: Path = typer.Option(..., "--json", help="write the points here"),
+    plot: Path = typer.Option(None, help="RD plot (default: next to --json)"),
+) -> None:
+    """JD Fig. 5 on real bytes: every feature codec (decoded bitstreams) and every image codec (the cloud model on the
+    decoded frame) as {method, setting, bytes_per_frame, bpp, miou}, with the cloud on the original frames."""
+    torch.set_num_threads(threads)
+    try:
+        image_list = expand_image_codecs(image_codecs)
+    except (ValueError, SpecError) as e:
+        raise SpecError(f"--image-codecs: {e}") from None
+    dataset = open_dataset(data, split)
+    dev = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=dataset.classes)
+    cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
+    codecs = [load_codec(c, device=dev.model).codec for c in codec_ckpts]  # checked before the slow part
+    nc, ignore = dataset.classes.num_classes, dataset.classes.ignore_index
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    points, features = [], {}
+    with progress() as bar:
+        for path, codec in zip(codec_ckpts, codecs, strict=True):
+            index = codec.cfg.split_index
+            if index not in features:
+                features[index] = _features(dev.model, dataset, index, False, limit, f"{split}, stage {index}")
+            task = bar.add_task(f"{path.name}", total=n, info="")
+            points.append({"ckpt": str(path), **codec_point(codec, features[index], nc, ignore, on_frame=lambda t=task: bar.advance(t))})
+        for codec_name in image_list:
+            task = bar.add_task(f"cloud on {codec_name}", total=n, info="")
+            points.append(image_codec_point(cloud.model, dataset, codec_name, limit, on_frame=lambda t=task: bar.advance(t)))
+    device_only = evaluate(dev.model, dataset, limit=limit)["miou"]
+    cloud_original = evaluate(cloud.model, dataset, limit=limit)["miou"]
+    payload = {"data": data, "split": split, "frames": n, "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt),
+               "bpp": "bits / (H x W) of the full-resolution input frame", "points": points,
+               "references": {"cloud_original_miou": cloud_original, "device_miou": device_only,
+                              "cloud_parameters": sum(p.numel() for p in cloud.model.parameters())}}
+    print_rd(payload)
+    write_json(json_path, payload)
+    plot_rd(payload, plot or json_path.with_suffix(".png"), title=f"{data} {split}: mIoU vs rate on real bytes")
+
+
+def print_rd(payload: dict) -> None:
+    table = Table(title=f"rate-distortion on {payload['data']} {payload['split']} ({payload['frames']} frames)")
+    for col in ("method", "setting", "bytes/frame", "bpp", "mIoU %"):
+        table.add_column(col, justify="left" if col in ("method", "setting") else "right")
+    for p in sorted(payload["points"], key=lambda p: (p["method"], p["bpp"])):
+        table.add_row(p["method"], p["setting"], f"{p['bytes_per_frame']:.0f}", f"{p['bpp']:.4f}", f"{100 * p['miou']:.1f}")
+    out.print(table)
+    r = payload["references"]
+    out.print(f"cloud on the original frames {100 * r['cloud_original_miou']:.1f}%, device alone {100 * r['device_miou']:.1f}%")

@@ -43,3 +43,31 @@ def plot_sweep(payload: dict, path: str | Path, title: str = "") -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_rd(payload: dict, path: str | Path, title: str = "") -> Path:
+    """JD Fig. 5: mIoU vs bits per input pixel (log x), one curve per method; the cloud model on the original frames
+    and the device alone as horizontal references when the payload has them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for p in payload["points"]:
+        series.setdefault(p["method"], []).append((p["bpp"], p["miou"]))
+    for name, pts in series.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", ms=3, label=name)
+    refs = payload.get("references", {})
+    for key, ls in (("cloud_original_miou", "--"), ("device_miou", "-")):
+        if refs.get(key) is not None:
+            ax.axhline(100 * refs[key], color="0.3", lw=1, ls=ls, label=key.replace("_miou", "").replace("_", " "))
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per pixel of the input frame (log)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -21,15 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from tandemseg.codec.loss import rd_loss
 from tandemseg.codec.model import FeatureCodec
-from tandemseg.codec.split import split_features
-from tandemseg.data.base import SegDataset
-from tandemseg.data.tensors import to_tensor
-from tandemseg.eval.metrics import ConfusionMatrix
-from tandemseg.heap import HeapTrimmer
+from tandemseg.eval.codec import FeatureSet, evaluate_codec
 
 
 @dataclass
@@ -41,42 +36,6 @@ class CodecTrainConfig:
     seed: int = 0
     eval_every: int = 10  # epochs between validation passes (real bitstreams)
     mirror: bool = True  # also train on the mirror image of every frame (its own features, computed once)
-
-
-@dataclass
-class FeatureSet:
-    """Split features of a dataset, computed once: z (N, C_z, h, w) float32 and labels (N, H, W) int64."""
-
-    z: torch.Tensor
-    labels: torch.Tensor
-    frame_hw: tuple[int, int]
-
-    def __len__(self) -> int:
-        return self.z.shape[0]
-
-
-@torch.inference_mode()
-def split_feature_set(device: nn.Module, dataset: SegDataset, split_index: int, mirror: bool = False,
-                      limit: int | None = None, on_frame: Callable[[], None] | None = None) -> FeatureSet:
-    """z = E(x) at `split_index` for every frame (and its mirror image when `mirror`), with the labels."""
-    device.eval()
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    zs, labels, heap = [], [], HeapTrimmer()
-    for i in range(n):
-        s = dataset[i]
-        x = to_tensor([s.image])  # (1, 3, H, W)
-        y = torch.from_numpy(s.label.astype(np.int64))  # (H, W)
-        views = [(x, y), (x.flip(-1), y.flip(-1))] if mirror else [(x, y)]
-        for xv, yv in views:
-            zs.append(split_features(device, xv, split_index)[0].clone())  # (C_z, h, w)
-            labels.append(yv)
-        heap.tick()
-        if on_frame:
-            on_frame()
-    if n == 0:
-        raise ValueError("the dataset has no frames")
-    frame_hw = tuple(int(v) for v in labels[0].shape)
-    return FeatureSet(torch.stack(zs), torch.stack(labels), frame_hw)
 
 
 def train_codec(codec: FeatureCodec, train: FeatureSet, val: FeatureSet | None, cfg: CodecTrainConfig,
@@ -115,36 +74,3 @@ def train_codec(codec: FeatureCodec, train: FeatureSet, val: FeatureSet | None, 
             on_epoch(record)
     codec.eval()
     return history
-
-
-@torch.inference_mode()
-def evaluate_codec(codec: FeatureCodec, features: FeatureSet, num_classes: int, ignore_index: int,
-                   on_frame: Callable[[], None] | None = None) -> dict:
-    """mIoU from the decoded bitstreams (true rounding, range coding, exact decode), real bytes per frame, bpp on the
-    input frame's pixels, and the median codec-side encode / decode ms (split features given)."""
-    codec.eval()
-    codec.update()
-    cm = ConfusionMatrix(num_classes, ignore_index)
-    sizes, enc_ms, dec_ms = [], [], []
-    h, w = features.frame_hw
-    for i in range(len(features)):
-        z = features.z[i:i + 1]  # (1, C_z, h, w)
-        t0 = time.perf_counter()
-        if codec.compresses:
-            coded = codec.compress(z)
-            t1 = time.perf_counter()
-            r_hat, _ = codec.decompress(coded)
-            logits = codec.decode(r_hat, tuple(z.shape[-2:]), (h, w))
-            sizes.append(coded[0].num_bytes)
-        else:  # the float-feature baseline: 32-bit floats on the wire, no entropy coding
-            t1 = time.perf_counter()
-            logits = codec(z, (h, w)).logits
-            sizes.append(z.numel() * 4)
-        enc_ms.append((t1 - t0) * 1e3)
-        dec_ms.append((time.perf_counter() - t1) * 1e3)
-        cm.update(logits.argmax(1), features.labels[i:i + 1])
-        if on_frame:
-            on_frame()
-    mean_bytes = float(np.mean(sizes))
-    return {"miou": cm.miou(), "bytes_per_frame": mean_bytes, "bpp": mean_bytes * 8 / (h * w), "frames": len(features),
-            "encode_ms": float(np.median(enc_ms)), "decode_ms": float(np.median(dec_ms))}

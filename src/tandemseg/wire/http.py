@@ -110,7 +110,7 @@ def parse_codec(value: str) -> str:
     try:
         return payload.parse_upload_codec(value)
     except SpecError:
-        raise WireError(f"{H_CODEC} must be png, jpeg:Q or webp:Q with Q in 1..100, or features; got {value[:40]!r}") from None
+        raise WireError(f"{H_CODEC} must be png, jpeg:Q, webp:Q or avif:Q with Q in 1..100, or features; got {value[:40]!r}") from None
 
 
 def parse_bearer(authorization: str | None) -> str | None:

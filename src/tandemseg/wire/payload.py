@@ -1,6 +1,6 @@
 """Payload codecs: the bytes that cross the network, encoded and decoded with PIL.
 
-* frames: `png` (lossless), `jpeg:Q` and `webp:Q` (lossy, quality Q in 1..100), RGB uint8 (H, W, 3);
+* frames: `png` (lossless), `jpeg:Q`, `webp:Q` and `avif:Q` (lossy, quality Q in 1..100), RGB uint8 (H, W, 3);
 * label maps: 8-bit single-channel PNG (the cloud's fine prediction, lossless and compact);
 * device probabilities (what DCAM needs, ACDC eq. 13-14): (C, h, w) in [0, 1], quantised to uint8
   (step 1/255) and zlib-compressed; unpacking returns float32 renormalised over classes.
@@ -19,7 +19,7 @@ from PIL import Image
 
 from tandemseg.errors import SpecError, TandemsegError
 
-FRAME_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+FRAME_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 FEATURES = "features"  # an upload of JD split features: a codec/container.py bitstream, not an image
 
 
@@ -39,10 +39,10 @@ class Codec:
 
 
 def parse_codec(text: str) -> Codec:
-    """`png` | `jpeg:Q` | `webp:Q` -> Codec; raises SpecError saying what is valid."""
+    """`png` | `jpeg:Q` | `webp:Q` | `avif:Q` -> Codec; raises SpecError saying what is valid."""
     name, sep, q = (text or "").strip().lower().partition(":")
     if name not in FRAME_FORMATS:
-        raise SpecError(f"unknown codec {text!r}; valid: png, jpeg:Q, webp:Q (Q = quality 1..100, e.g. jpeg:90)")
+        raise SpecError(f"unknown codec {text!r}; valid: png, jpeg:Q, webp:Q, avif:Q (Q = quality 1..100, e.g. jpeg:90)")
     if name == "png":
         if sep:
             raise SpecError(f"codec png is lossless and takes no quality; write 'png', not {text!r}")
@@ -64,7 +64,7 @@ def parse_upload_codec(text: str) -> str:
     try:
         return str(parse_codec(text))
     except SpecError:
-        raise SpecError(f"unknown upload codec {text!r}; valid: png, jpeg:Q, webp:Q (Q in 1..100) or {FEATURES}") from None
+        raise SpecError(f"unknown upload codec {text!r}; valid: png, jpeg:Q, webp:Q, avif:Q (Q in 1..100) or {FEATURES}") from None
 
 
 def encode_frame(image: np.ndarray, codec: str | Codec = "png") -> bytes:
