@@ -95,7 +95,7 @@ for shift in $SHIFTS; do
   done
 done
 
-# 3. Single runs through the real DeviceRuntime + InProcessLink (bytes, latency, paths agree).
+# 3. Single runs through the DeviceRuntime with the live models + InProcessLink (real bytes, latency).
 if [[ ${RUNS:-1} == 1 ]]; then
 for shift in clean stream:mixed/10; do
   name=${shift//[:\/]/-}

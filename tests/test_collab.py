@@ -503,7 +503,7 @@ def test_cli_fit_refuses_test_split(ckpts, monkeypatch, capsys, tmp_path) -> Non
                     reason="committed synthetic checkpoints not present")
 def test_collab_with_committed_synthetic_checkpoints(tmp_path, monkeypatch, capsys) -> None:
     """The committed models through `collab`: device-only and cloud-only mIoU equal what `evaluate()` gives on the
-    same frames (the cloud sees a lossless PNG), and the runtime and cached paths agree."""
+    same frames (the cloud sees a lossless PNG)."""
     from tandemseg.data.spec import open_dataset
     from tandemseg.eval.evaluate import evaluate
     from tandemseg.models.checkpoint import load_checkpoint

@@ -88,7 +88,7 @@ def test_offloading_intervals_auc_and_paired_differences(tmp_path) -> None:
 def test_offloading_single_runs_are_listed(tmp_path) -> None:
     run = {"policy": "acdc", "shift": "clean", "codec": "png", "collab_miou": 0.5, "device_miou": 0.4, "cloud_miou": 0.6,
            "oracle_miou": 0.55, "gain_captured": 2 / 3, "upload_rate": 0.1, "target_rate": 0.1, "bytes_up_per_frame": 2500.0,
-           "bytes_up_per_upload": 25000.0, "device_ms": 10.0, "score_ms": 0.5, "score_overhead": 0.05, "paths_agree": True}
+           "bytes_up_per_upload": 25000.0, "device_ms": 10.0, "score_ms": 0.5, "score_overhead": 0.05}
     write(tmp_path, "run-acdc-clean.json", run)
     text = report.offloading_tables(tmp_path)
     assert text.startswith("- `run-acdc-clean.json`: acdc on clean, codec png: collab 50.0 (device 40.0, cloud 60.0, greedy oracle 55.0), "
@@ -166,3 +166,21 @@ def test_report_cli_writes_prints_and_reads_one_field(tmp_path, monkeypatch, cap
     assert code == 2 and "not a number" in err
     code, _, err = run_main(monkeypatch, capsys, "report", "service", str(tmp_path / "missing"))
     assert code == 2 and "not a folder" in err
+
+
+def test_codec_tables_check_the_jd_target_both_ways(tmp_path) -> None:
+    def point(method, setting, nbytes, miou, **kw):
+        return {"method": method, "setting": setting, "bytes_per_frame": nbytes, "bpp": nbytes * 8 / 1000, "miou": miou, **kw}
+
+    points = [point("no-compression", "float32 features", 90000, 0.50, cloud_parameters=300_000, cloud_gflops=0.5),
+              point("jd", "lambda=1, K=3", 400, 0.495, cloud_parameters=100_000, cloud_gflops=0.2),  # 0.5 pp, 400 <= 2500 / 5
+              point("jd", "lambda=0.1, K=3", 200, 0.45),  # 5 pp below: not met
+              point("sd+d", "lambda=1, K=1", 420, 0.48, cloud_parameters=1_000_000, cloud_gflops=0.9),
+              point("jpeg", "jpeg:10", 2500, 0.50), point("png", "png", 290000, 0.55)]
+    write(tmp_path, "rd.json", {"data": "d", "split": "val", "frames": 3, "bpp": "bits / pixels", "points": points,
+                                "references": {"cloud_original_miou": 0.55, "device_miou": 0.4, "cloud_parameters": 6_000_000, "cloud_gflops": 12.0}})
+    text = report.codec_tables(tmp_path)
+    met = [line for line in text.splitlines() if "target met" in line]
+    assert len(met) == 1 and "lambda=1, K=3" in met[0] and "jpeg:10 2500 B (JD uses 16.0% of it)" in met[0]
+    assert "JD has 10.0% of SD+D's cloud-side parameters" in text
+    assert "| cloud segmenter (on the decoded image) | 6.000 | 12.00 |" in text

@@ -27,6 +27,7 @@ from tandemseg.eval.evaluate import evaluate
 from tandemseg.eval.plots import plot_rd
 from tandemseg.jsonio import dumps
 from tandemseg.models.checkpoint import load_checkpoint
+from tandemseg.models.flops import count_gflops
 from tandemseg.train.codec import CodecTrainConfig, train_codec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Feature codec (JD): train and evaluate on real bitstreams.")
@@ -173,7 +174,8 @@ def rd(
     payload = {"data": data, "split": split, "frames": n, "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt),
                "bpp": "bits / (H x W) of the full-resolution input frame", "points": points,
                "references": {"cloud_original_miou": cloud_original, "device_miou": device_only,
-                              "cloud_parameters": sum(p.numel() for p in cloud.model.parameters())}}
+                              "cloud_parameters": sum(p.numel() for p in cloud.model.parameters()),
+                              "cloud_gflops": count_gflops(cloud.model, (1, 3, *dataset[0].image.shape[:2]))}}
     print_rd(payload)
     write_json(json_path, payload)
     plot_rd(payload, plot or json_path.with_suffix(".png"), title=f"{data} {split}: mIoU vs rate on real bytes")

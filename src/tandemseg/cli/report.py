@@ -55,6 +55,15 @@ def service(
     write_table(report.service_tables, folder, out_path or folder / "tables.md")
 
 
+@app.command("codec")
+def codec(
+    folder: Path = typer.Argument(..., help="folder of rd.json, rd-k.json and bench.json (scripts/codec_results.sh)"),
+    out_path: Path = typer.Option(None, "--out", help="where to write the tables (default: FOLDER/tables.md)"),
+) -> None:
+    """Feature codec: RD points, the JD target, cloud-side cost, K ablation, latency (docs/results/codec/tables.md)."""
+    write_table(report.codec_tables, folder, out_path or folder / "tables.md")
+
+
 @app.command("field")
 def field(
     path: Path = typer.Argument(..., help="a JSON results file"),

@@ -167,7 +167,7 @@ def run_line(name: str, r: dict) -> str:
             f"(device {pct(r['device_miou'])}, cloud {pct(r['cloud_miou'])}, greedy oracle {pct(r['oracle_miou'])}), gain captured {gain_cell(r)}, upload rate {pct(r['upload_rate'])}% "
             f"(target {pct(r['target_rate'])}%), {r['bytes_up_per_frame'] / 1e3:.1f} kB up/frame "
             f"({(r['bytes_up_per_upload'] or 0) / 1e3:.0f} kB per upload), device {r['device_ms']:.1f} ms + scoring {r['score_ms']:.2f} ms "
-            f"({100 * (r['score_overhead'] or 0):.1f}%), runtime and cached paths agree: {r.get('paths_agree', '-')}")
+            f"({100 * (r['score_overhead'] or 0):.1f}%)")
 
 
 def offloading_tables(folder: Path) -> str:
@@ -259,6 +259,87 @@ def service_tables(folder: Path) -> str:
     payload = load_json(folder, "payload-bytes.json")
     if payload:
         lines += payload_section(payload)
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- feature codec (scripts/codec_results.sh)
+
+IMAGE_METHODS = ("png", "jpeg", "webp", "avif")
+
+
+def rd_table(points: Sequence[dict]) -> list[str]:
+    """Every RD point, grouped by method and sorted by rate."""
+    rows = [[p["method"], p["setting"], f"{p['bytes_per_frame']:.0f}", f"{p['bpp']:.4f}", pct(p["miou"])]
+            for p in sorted(points, key=lambda p: (p["method"], p["bpp"]))]
+    return markdown_table(["method", "setting", "bytes / frame", "bpp", "mIoU %"], rows, ["---", "---", "---:", "---:", "---:"])
+
+
+def jd_target_lines(points: Sequence[dict]) -> list[str]:
+    """The issue's target: some JD point within 1 pp of no compression using at most 1/5 of the bytes of the cheapest
+    image codec (into the cloud model) that reaches the same mIoU. Reports the best JD point for it either way."""
+    ref = next((p for p in points if p["method"] == "no-compression"), None)
+    jd = [p for p in points if p["method"] == "jd"]
+    if ref is None or not jd:
+        return ["(needs a no-compression point and at least one JD point)"]
+    lines = []
+    for p in sorted(jd, key=lambda p: p["bpp"]):
+        image = min((q for q in points if q["method"] in IMAGE_METHODS and q["miou"] >= p["miou"]), key=lambda q: q["bytes_per_frame"], default=None)
+        ratio = (p["bytes_per_frame"] / image["bytes_per_frame"]) if image else None
+        near = ref["miou"] - p["miou"] <= 0.01
+        met = near and ratio is not None and ratio <= 0.2
+        lines.append(f"- JD {p['setting']}: {pct(p['miou'])}% ({pct(p['miou'] - ref['miou'], 1)} pp vs no compression), "
+                     f"{p['bytes_per_frame']:.0f} B; cheapest image codec at that mIoU: "
+                     + (f"{image['setting']} {image['bytes_per_frame']:.0f} B (JD uses {100 * ratio:.1f}% of it)" if image else "none reaches it")
+                     + (" -> **target met**" if met else ""))
+    return lines
+
+
+def cloud_side_table(points: Sequence[dict], references: dict) -> list[str]:
+    """JD Table 2: parameters and GFLOPs on the cloud side per frame, JD vs SD+D vs the cloud segmenter."""
+    rows = []
+    for method in ("jd", "sd+d", "no-compression"):
+        p = next((q for q in points if q["method"] == method), None)
+        if p is not None and "cloud_parameters" in p:
+            rows.append([method, f"{p['cloud_parameters'] / 1e6:.3f}", f"{p['cloud_gflops']:.2f}"])
+    if references.get("cloud_parameters"):
+        gflops = references.get("cloud_gflops")
+        rows.append(["cloud segmenter (on the decoded image)", f"{references['cloud_parameters'] / 1e6:.3f}", "-" if gflops is None else f"{gflops:.2f}"])
+    jd = next((q for q in points if q["method"] == "jd" and "cloud_parameters" in q), None)
+    sdd = next((q for q in points if q["method"] == "sd+d" and "cloud_parameters" in q), None)
+    lines = markdown_table(["cloud side", "parameters (M)", "GFLOPs / frame"], rows, ["---", "---:", "---:"])
+    if jd and sdd:
+        lines += ["", f"JD has {100 * jd['cloud_parameters'] / sdd['cloud_parameters']:.1f}% of SD+D's cloud-side parameters (target <= 12%)."]
+    return lines
+
+
+def k_table(points: Sequence[dict]) -> list[str]:
+    """JD Fig. 8: the over-parameterisation K at one lambda (training-time branches; the deployed decoder is the same)."""
+    rows = [[p["setting"], f"{p['bytes_per_frame']:.0f}", pct(p["miou"])] for p in sorted(points, key=lambda p: p["setting"])]
+    return markdown_table(["JD setting", "bytes / frame", "mIoU %"], rows, ["---", "---:", "---:"])
+
+
+def codec_tables(folder: Path) -> str:
+    """docs/results/codec/tables.md from rd.json (Fig. 5, Table 2), rd-k.json (Fig. 8) and bench.json."""
+    folder = Path(folder)
+    lines: list[str] = []
+    rd = load_json(folder, "rd.json")
+    if rd:
+        lines += [f"## Rate vs mIoU on {rd['data']} {rd['split']} ({rd['frames']} frames), real bytes", "",
+                  f"cloud on the original frames {pct(rd['references']['cloud_original_miou'])}%, device alone "
+                  f"{pct(rd['references']['device_miou'])}%; bpp = {rd['bpp']}", "", *rd_table(rd["points"]), "",
+                  "### The JD target", "", *jd_target_lines(rd["points"]), "",
+                  "### Cloud-side cost (Table 2)", "", *cloud_side_table(rd["points"], rd["references"]), ""]
+    k = load_json(folder, "rd-k.json")
+    if k:
+        lines += ["## Over-parameterisation K (Fig. 8)", "", *k_table([p for p in k["points"] if p["method"] == "jd"]), ""]
+    bench = load_json(folder, "bench.json")
+    if bench:
+        lines += ["## Latency (`tandemseg bench codec`)", "",
+                  *markdown_table(["step", "ms (median)"], [[key.removesuffix("_ms"), f"{bench[key]:.1f}"] for key in
+                                  ("device_ms", "device_with_encode_ms", "cloud_ms", "cloud_decode_ms")], ["---", "---:"]),
+                  "", f"encode adds {pct(bench['encode_overhead'])}% to the device model (target <= 15%); feature decoding takes "
+                  f"{pct(bench['decode_share_of_cloud'])}% of the cloud model's time (target <= 25%); {bench['threads']} thread(s), "
+                  f"load average {bench['load_avg_1min']:.1f}.", ""]
     return "\n".join(lines) + "\n"
 
 
