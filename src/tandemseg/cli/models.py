@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.data.base import FirstFrames
 from tandemseg.data.shifts import SHIFTS
 from tandemseg.data.spec import open_dataset, parse_dataspec
 from tandemseg.errors import TandemsegError
@@ -64,7 +65,7 @@ def train(
     cfg = replace(cfg, augment=_augment_overrides(cfg.augment, corruptions, corrupt_p))
     train_set = open_dataset(data, train_split)
     if train_limit:
-        train_set = _Subset(train_set, train_limit)
+        train_set = FirstFrames(train_set, train_limit)
     val_set = open_dataset(data, val_split)
     torch.manual_seed(seed)
     net, card_extra = _initial_model(model, kind, train_set.classes, init_from, imagenet)
@@ -115,20 +116,6 @@ def _initial_model(kind: str, data_kind: str, classes, init_from: Path | None, i
     source = {"path": str(init_from), "recipe": ck.card.get("recipe"), "commit": ck.card.get("commit"),
               "val_miou": ck.card.get("metrics", {}).get("val", {}).get("miou")}
     return ck.model, {"init_from": source}
-
-
-class _Subset:
-    def __init__(self, dataset, n: int) -> None:
-        self.dataset, self.n = dataset, min(n, len(dataset))
-        self.classes, self.split = dataset.classes, dataset.split
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.dataset[i]
 
 
 def eval_cmd(

@@ -18,6 +18,7 @@ from tandemseg.data.shifts.stream import RepeatedSchedules
 from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import BudgetSpec, check_rate
 from tandemseg.device.policies import POLICIES
+from tandemseg.device.steps import load_exit_model
 from tandemseg.device.uncertainty import (
     FEATURES,
     KernelSpec,
@@ -140,6 +141,7 @@ def collab(
     fps: float = typer.Option(10.0, help="frame rate of the stream for --bytes-per-s"),
     codec: str = typer.Option("png", help="upload codec: png | jpeg:Q | webp:Q | features (JD bitstreams; needs --feature-codec)"),
     feature_codec: Path = typer.Option(None, help="JD feature codec checkpoint trained for --device-ckpt (with --codec features)"),
+    mess_ckpt: Path = typer.Option(None, help="single runs: a searched MESS checkpoint (`exits search`) as the device; confident early exits stay local"),
     sweep: str = typer.Option(None, help="comma-separated rates: run every policy at each and plot mIoU vs upload rate"),
     policies: str = typer.Option(",".join(C.SWEEP_POLICIES), help="policies of a sweep"),
     dcam_alpha: float = typer.Option(0.0, help="DCAM update weight alpha (eq. 14); 0 = off"),
@@ -171,6 +173,8 @@ def collab(
         raise SpecError(f"--dcam-alpha must be in [0, 1], got {dcam_alpha}")
     if controller not in ("window", "sa", "hindsight"):
         raise SpecError(f"unknown --controller {controller!r}; valid: window, sa, hindsight")
+    if mess_ckpt is not None and sweep:
+        raise SpecError("--mess-ckpt drives single runs (--policy P --rate R): a sweep replays the plain device's cached outputs")
     if controller == "hindsight" and not sweep:
         raise SpecError("--controller hindsight is not causal and exists for sweeps only (it cannot drive the device runtime)")
     rates = parse_rates(sweep) if sweep else None
@@ -212,10 +216,11 @@ def collab(
         write_json(json_path, payload)
         return
     run = R.PolicyRun(policy, budget, um, seed, dcam_alpha)
+    exit_model = load_exit_model(mess_ckpt) if mess_ckpt else None
     with progress() as bar:
         task = bar.add_task(f"runtime {policy}", total=cache.frames, info="")
         payload = {**header, **C.single_run(dataset, cache, run, dev.model, cloud.model, codec, limit, send, bootstrap, bootstrap_seed,
-                                            on_frame=lambda: bar.advance(task), feature_codec=fcodec)}
+                                            on_frame=lambda: bar.advance(task), feature_codec=fcodec, exit_model=exit_model)}
     print_single(payload)
     write_json(json_path, payload)
 
@@ -309,8 +314,13 @@ def print_single(p: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("device_miou", "cloud_miou", "collab_miou", "gain_over_device", "gain_captured"):
-        table.add_row(key + " %", pct_ci(p[key], p.get(f"{key}_ci"), signed=key.startswith("gain_over")))
-    table.add_row("oracle_miou % (greedy, target count)", pct_ci(p["oracle_miou"], p.get("oracle_miou_ci")))
+        if key in p:  # a MESS run reports no gain against the plain device
+            table.add_row(key + " %", pct_ci(p[key], p.get(f"{key}_ci"), signed=key.startswith("gain_over")))
+    if "oracle_miou" in p:
+        table.add_row("oracle_miou % (greedy, target count)", pct_ci(p["oracle_miou"], p.get("oracle_miou_ci")))
+    if p.get("mess"):
+        table.add_row("MESS exits taken", str(p["exit_histogram"]))
+        table.add_row("device GFLOPs per frame (MESS)", f"{p['device_gflops_per_frame']:.4g}")
     table.add_row("upload rate % (achieved / target)", f"{100 * p['upload_rate']:.1f} / {100 * p['target_rate']:.1f}")
     for key in ("bytes_up_per_frame", "device_ms", "score_ms", "cloud_ms", "device_gflops", "cloud_gflops"):
         v = p.get(key)

@@ -77,3 +77,19 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{what} folder not found: {path}. Check the path in your dataset spec.")
     return path
+
+
+class FirstFrames:
+    """The first `n` frames of a dataset (quick runs: `--train-limit`)."""
+
+    def __init__(self, dataset: SegDataset, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+        self.classes, self.split = dataset.classes, dataset.split
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Sample:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]

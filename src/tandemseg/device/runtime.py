@@ -5,7 +5,8 @@ The one place a frame is processed (docs/ARCHITECTURE.md): every path (the offli
 (device/steps.py) and the `CloudLink`. A new stage is written once, as a step.
 
 Per frame (ACDC Alg. 1, lines 1-5):
-  1. model: coarse segmentation of the downsampled frame (eq. 4), upsampled to the device's own prediction;
+  1. model: coarse segmentation of the downsampled frame (eq. 4), upsampled to the device's own prediction
+     (with MESS, `ExitModel`: the first confident early exit answers, and such a frame is never uploaded);
   2. score and decide: the policy scores the frame (eq. 9 for `acdc`), the controller decides (eq. 10);
   3. payload and link: if uploading, build the UploadRequest and `link.submit` it (a future).
 `finish` then returns the fused map if the cloud's reply arrived in time, else the device's own, with its
@@ -15,6 +16,7 @@ unless `finish` is asked to.
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -69,6 +71,8 @@ class FrameResult:
     cloud_ms: float = 0.0
     wait_ms: float = 0.0
     u_version: int = 0
+    exit: str = "final"  # the MESS exit that answered on the device ('final' without MESS)
+    device_gflops: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -100,8 +104,9 @@ class DeviceRuntime:
         (an in-process link computes inside submit; that is the link's choice)."""
         out = self.model_step.run(frame, frame_id)
         t0 = time.perf_counter()
-        score = self.policy.score(FrameObservation(frame_id, out.probs))
-        upload = self.policy.fixed if self.policy.fixed is not None else self.controller.decide(score, frame_id)
+        # a frame an early exit answered is done on the device (MESS): the controller sees it and never sends it
+        score = -math.inf if out.answered_early else self.policy.score(FrameObservation(frame_id, out.probs))
+        upload = self.policy.fixed if self.policy.fixed is not None and not out.answered_early else self.controller.decide(score, frame_id)
         handle = FrameHandle(frame_id, out, score, bool(upload), (time.perf_counter() - t0) * 1e3)
         if handle.uploaded:
             self._upload(handle, frame)
@@ -126,6 +131,7 @@ class DeviceRuntime:
         base = FrameResult(
             handle.frame_id, handle.device.pred, "device", handle.uploaded, handle.score, handle.bytes_up,
             device_ms=handle.device.device_ms, score_ms=handle.score_ms, encode_ms=handle.encode_ms, u_version=self.u_version,
+            exit=handle.device.exit, device_gflops=handle.device.gflops,
         )
         if not handle.uploaded:
             return base

@@ -29,6 +29,9 @@ from tandemseg.codec.bitstream import encode_features
 from tandemseg.codec.model import FeatureCodec
 from tandemseg.data.tensors import to_tensor
 from tandemseg.errors import DataError, SpecError
+from tandemseg.exits.checkpoint import load_mess
+from tandemseg.exits.costs import CostTable
+from tandemseg.exits.search import path_costs
 from tandemseg.models.blocks import resize
 from tandemseg.wire.messages import UploadRequest
 from tandemseg.wire.payload import FEATURES, Codec, encode_frame, pack_probs, parse_codec
@@ -41,6 +44,9 @@ class DeviceOutput:
     device_ms: float
     size: tuple[int, int]  # (H, W) of the frame: the size every label map of this frame has
     features: dict[int, torch.Tensor] = field(default_factory=dict)  # stage index -> (1, C, h, w) kept for a payload
+    exit: str = "final"  # the MESS exit that answered the frame ('final': the whole network ran)
+    answered_early: bool = False  # True: an early exit was confident; the frame is done on the device, never uploaded
+    gflops: float | None = None  # what the device spent on the frame, when the model step knows (MESS cost table)
 
 
 class ModelStep(Protocol):
@@ -93,6 +99,34 @@ class LiveModel:
     def run(self, frame: np.ndarray | None, frame_id: int) -> DeviceOutput:
         check_frame(frame)
         return run_device(self.model, frame, self.keep)
+
+
+class ExitModel:
+    """MESS in the runtime (sec. 5): the searched configuration of a multi-exit device network. Input-dependent:
+    the first early exit whose image-level confidence (eq. 7-9) clears its threshold answers the frame, and the
+    stages past it are never computed; otherwise the final exit answers and the frame is an upload candidate.
+    Budgeted: the one chosen exit answers every frame."""
+
+    def __init__(self, net: nn.Module, config, gflops_at: dict[str, float] | None = None) -> None:
+        self.net, self.config = net.eval(), config
+        self.gflops_at = gflops_at or {}
+
+    @torch.inference_mode()
+    def run(self, frame: np.ndarray | None, frame_id: int) -> DeviceOutput:
+        check_frame(frame)
+        t0 = time.perf_counter()
+        x = to_tensor([frame])  # (1, 3, H, W)
+        if self.config.setting == "input_dependent":
+            res = self.net.input_dependent(x, list(self.config.exits), self.config.thresholds, self.config.pixel_thresholds)
+            logits, key = res.logits, res.exits[0]  # (1, C, H, W)
+        else:
+            key = self.config.path()[0] if self.config.setting == "budgeted" else self.config.path()[-1]
+            logits = self.net.forward_exit(x, key)  # (1, C, H, W)
+        h, w = frame.shape[:2]
+        pred = logits.argmax(1)[0].to(torch.uint8).numpy()  # (H, W)
+        coarse = resize(logits, (max(1, h // 8), max(1, w // 8)))  # (1, C, H/8, W/8): the scale the policies read
+        return DeviceOutput(coarse[0].float().softmax(0), pred, (time.perf_counter() - t0) * 1e3, (h, w),
+                            exit=key, answered_early=key != "final", gflops=self.gflops_at.get(key))
 
 
 class ImagePayload:
@@ -151,14 +185,28 @@ def feature_steps(model: nn.Module, codec: FeatureCodec, device_id: str = "dev0"
 
 
 def make_device_steps(model: nn.Module, codec: str = "png", device_id: str = "dev0", send_device_probs: bool = False,
-                      feature_codec: FeatureCodec | None = None) -> tuple[ModelStep, PayloadStep]:
-    """The model and payload steps for an upload codec: an image codec (png | jpeg:Q | webp:Q), or `features` (JD),
-    which needs the feature codec trained for this device."""
+                      feature_codec: FeatureCodec | None = None, exit_model: ExitModel | None = None) -> tuple[ModelStep, PayloadStep]:
+    """The model and payload steps for an upload codec: an image codec (png | jpeg:Q | webp:Q | avif:Q), or `features`
+    (JD), which needs the feature codec trained for this device. `exit_model` (MESS) replaces the plain model step."""
     if codec.strip().lower() == FEATURES:
         if feature_codec is None:
             raise SpecError("codec 'features' uploads JD bitstreams: give the feature codec checkpoint (--feature-codec DIR)")
+        if exit_model is not None:
+            raise SpecError("a MESS device uploads images: its exits do not keep the codec's split features (drop --mess-ckpt or --codec features)")
         return feature_steps(model, feature_codec, device_id, send_device_probs)
-    return LiveModel(model), ImagePayload(codec, device_id, send_device_probs)
+    return exit_model or LiveModel(model), ImagePayload(codec, device_id, send_device_probs)
+
+
+def load_exit_model(folder) -> ExitModel:
+    """The searched MESS configuration of a checkpoint (`tandemseg exits search`) as the runtime's model step."""
+    ck = load_mess(folder)
+    config = ck.configuration
+    if config is None:
+        raise SpecError(f"{folder} has no searched configuration; run `tandemseg exits search --ckpt {folder} ...` first")
+    path = list(config.path())
+    table = CostTable.from_json(ck.card["mess"]["search"]["cost_tables"]["gflops"])
+    costs = path_costs(table, path, [ck.net.stage_of(k) for k in path], decide=config.setting == "input_dependent")
+    return ExitModel(ck.net, config, dict(zip(path, costs.tolist(), strict=True)))
 
 
 class CloudLabel:

@@ -121,6 +121,10 @@ class MultiExitSegmenter(nn.Module):
     # ------------------------------------------------------------------ structure
 
     @property
+    def cfg(self):  # noqa: ANN201 - the base's config dataclass (what a checkpoint card records)
+        return self.base.cfg
+
+    @property
     def exit_keys(self) -> list[str]:
         """Candidate early exits in depth order (the final exit not included)."""
         return list(self.heads.keys())

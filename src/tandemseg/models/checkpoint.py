@@ -134,6 +134,9 @@ def load_checkpoint(folder: str | Path, expect_kind: str | None = None, expect_c
     """Rebuild the model from its card and load its weights; eval mode, CPU."""
     folder = Path(folder)
     card = read_card(folder)
+    if "mess" in card:
+        raise CheckpointError(f"{folder} is a multi-exit (MESS) checkpoint: load it with tandemseg.exits.checkpoint.load_mess "
+                              "or use it through `tandemseg exits ...` / `--mess-ckpt`")
     if expect_kind is not None and card["kind"] != expect_kind:
         raise CheckpointError(f"{folder} holds a {card['kind']} model but a {expect_kind} model is needed here")
     classes = ClassTable.from_json(card["classes"])

@@ -91,6 +91,34 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
     return valid.topk(k).values.mean()
 
 
+class TrainingBatches:
+    """Augmented training batches: frames held in memory (decoding PNGs every epoch would cost more than small
+    models' steps), corruption, scaled crop and flip per frame, colour jitter per batch. Shared by every trainer."""
+
+    def __init__(self, train_set: SegDataset, augment: AugmentConfig) -> None:
+        self.train_set, self.augment = train_set, augment
+        self.ignore = train_set.classes.ignore_index
+        self.jitter = ColorJitter(augment.color_jitter, augment.hue)
+        self._cache: list | None = None
+
+    def samples(self) -> list:
+        if self._cache is None:
+            self._cache = [self.train_set[i] for i in range(len(self.train_set))]
+        return self._cache
+
+    def batch(self, indices: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for i in indices:
+            s = self.samples()[int(i)]
+            img = corrupt(s.image, self.augment, rng)
+            x = to_tensor([img])[0].contiguous()  # (3, H, W)
+            y = torch.from_numpy(s.label)
+            x, y = scale_crop_flip(x, y, self.augment, rng, self.ignore)
+            images.append(x)
+            labels.append(y)
+        return self.jitter(torch.stack(images), rng), torch.stack(labels)  # (B,3,h,w), (B,h,w)
+
+
 class Trainer:
     """Trains `model` on `train_set`, validates on `val_set`, keeps best weights and a resumable state in `out`."""
 
@@ -106,28 +134,8 @@ class Trainer:
         self.card_extra = dict(card_extra or {})  # e.g. init_from: where a warm start's weights came from
         self.classes = train_set.classes
         self.ignore = self.classes.ignore_index
-        self.jitter = ColorJitter(cfg.augment.color_jitter, cfg.augment.hue)
+        self.data = TrainingBatches(train_set, cfg.augment)
         self.state = TrainState()
-        self._cache: list | None = None
-
-    # ---- data ----
-    def _samples(self) -> list:
-        """Training frames held in memory: decoding PNGs every epoch would cost more than small models' steps."""
-        if self._cache is None:
-            self._cache = [self.train_set[i] for i in range(len(self.train_set))]
-        return self._cache
-
-    def _batch(self, indices: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = [], []
-        for i in indices:
-            s = self._samples()[int(i)]
-            img = corrupt(s.image, self.cfg.augment, rng)
-            x = to_tensor([img])[0].contiguous()  # (3, H, W)
-            y = torch.from_numpy(s.label)
-            x, y = scale_crop_flip(x, y, self.cfg.augment, rng, self.ignore)
-            images.append(x)
-            labels.append(y)
-        return self.jitter(torch.stack(images), rng), torch.stack(labels)  # (B,3,h,w), (B,h,w)
 
     # ---- optimisation ----
     def _frozen_modules(self) -> list[nn.Module]:
@@ -195,7 +203,7 @@ class Trainer:
         if resume and self._try_resume(opt):
             if on_progress:
                 on_progress({"event": "resumed", "epoch": self.state.epoch})
-        samples = self._samples()
+        samples = self.data.samples()
         weight = class_weights([s.label for s in samples], self.classes.num_classes, self.ignore) if cfg.class_weighting == "enet" else None
         steps_per_epoch = math.ceil(len(samples) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
@@ -209,7 +217,7 @@ class Trainer:
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm needs more than one sample
                     continue
-                x, y = self._batch(idx, rng)
+                x, y = self.data.batch(idx, rng)
                 for g in opt.param_groups:
                     g["lr"] = self._lr(self.state.iteration, total) * g["lr_mult"]
                 loss = segmentation_loss(self.model(x), y, weight, self.ignore, cfg.ohem_fraction)

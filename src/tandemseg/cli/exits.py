@@ -1,0 +1,218 @@
+"""`tandemseg exits train | search | eval`: thin wrappers over the MESS library (exits/) and train/exits.py."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+from rich.table import Table
+
+from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.cli.models import recipe_command
+from tandemseg.data.base import FirstFrames
+from tandemseg.data.spec import open_dataset
+from tandemseg.errors import SpecError
+from tandemseg.eval.metrics import ConfusionMatrix
+from tandemseg.exits.calibrate import collect_cache
+from tandemseg.exits.checkpoint import load_mess, save_mess, set_configuration
+from tandemseg.exits.costs import CostTable, gflops_table, latency_table, place_exit_points, stage_gflops
+from tandemseg.exits.heads import ExitSpec
+from tandemseg.exits.network import FINAL
+from tandemseg.exits.search import SETTINGS, Configuration, Constraint, path_costs, search
+from tandemseg.exits.train import stage1_network, stage2_network
+from tandemseg.models.checkpoint import load_checkpoint
+from tandemseg.train.exits import ExitTrainConfig, frames_and_labels, per_exit_miou, train_exits
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Multi-exit device networks (MESS): train, search, evaluate.")
+
+DEFAULT_HEADS = "crm1-b0-rdi0-fcn,crm2-b1-rdi0-fcn,crm2-b1-rdi1-dlb"  # eq. 1 candidates trained per exit point in stage 2
+
+
+def parse_heads(text: str) -> list[ExitSpec]:
+    try:
+        return [ExitSpec.from_name(t.strip()) for t in text.split(",") if t.strip()]
+    except (ValueError, SpecError) as e:
+        raise SpecError(f"--heads takes names like crm2-b1-rdi0-fcn (crm 1/2/4/8, blocks 0-2, rdi 0/1, head fcn|dlb): {e}") from None
+
+
+@app.command("train")
+def train(
+    data: str = typer.Option(..., help="dataset spec"),
+    out_dir: Path = typer.Option(..., "--out", help="MESS checkpoint folder (weights, card, log.jsonl, last.pt)"),
+    stage: int = typer.Option(1, help="1: exit-dropout pre-training from a device checkpoint; 2: candidate heads on a frozen stage-1 backbone"),
+    device_ckpt: Path = typer.Option(None, help="stage 1: the device checkpoint to add exits to"),
+    init: Path = typer.Option(None, help="stage 2: the stage-1 MESS checkpoint"),
+    exits: int = typer.Option(3, min=1, help="stage 1: candidate exit points, placed at equal shares of the encoder's FLOPs (sec. 4.1)"),
+    heads: str = typer.Option(DEFAULT_HEADS, help="stage 2: candidate head architectures per exit point (eq. 1 names)"),
+    loss: str = typer.Option("pfd", help="stage 2: pfd (eq. 3) | ce | kd"),
+    epochs: int = typer.Option(6, min=1),
+    batch_size: int = typer.Option(8, min=2),
+    lr: float = typer.Option(5e-4, help="peak learning rate (poly decay)"),
+    val_limit: int = typer.Option(None, help="validate on the first N val frames"),
+    train_limit: int = typer.Option(None, help="train on the first N training frames only (quick runs)"),
+    seed: int = typer.Option(0),
+    threads: int = typer.Option(1, min=1, help="torch CPU threads"),
+) -> None:
+    """Stage 1 or 2 of MESS training; the last epoch is kept (nothing selected on val), every exit scored on val."""
+    torch.set_num_threads(threads)
+    if loss not in ("pfd", "ce", "kd"):
+        raise SpecError(f"unknown --loss {loss!r}; valid: pfd, ce, kd")
+    train_set, val_set = open_dataset(data, "train"), open_dataset(data, "val")
+    if train_limit:
+        train_set = FirstFrames(train_set, train_limit)
+    if stage == 1:
+        if device_ckpt is None:
+            raise SpecError("stage 1 starts from a device checkpoint: give --device-ckpt")
+        base = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=train_set.classes).model
+        points = place_exit_points(stage_gflops(base, tuple(train_set[0].image.shape[:2])), exits)
+        net, source = stage1_network(base, points), str(device_ckpt)
+    elif stage == 2:
+        if init is None:
+            raise SpecError("stage 2 trains heads on a stage-1 backbone: give --init (a `exits train --stage 1` folder)")
+        net, source = stage2_network(load_mess(init, expect_classes=train_set.classes).net, parse_heads(heads)), str(init)
+    else:
+        raise SpecError(f"--stage is 1 or 2, got {stage}")
+    cfg = ExitTrainConfig(stage=stage, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, val_limit=val_limit, seed=seed)
+    with progress() as bar:
+        task = bar.add_task(f"MESS stage {stage}", total=epochs, info="")
+
+        def on_epoch(r: dict) -> None:
+            best = max(r["val_miou"].items(), key=lambda kv: kv[1] if kv[0] != FINAL else -1, default=("-", 0.0))
+            bar.update(task, completed=r["epoch"], info=f"loss {r['train_loss']:.3f} final {r['val_miou'][FINAL]:.3f} best early {best[1]:.3f}")
+
+        history = train_exits(net, train_set, val_set, cfg, out_dir, on_epoch)
+    metrics = {"val_exit_miou": history[-1]["val_miou"], "epochs_run": len(history)}
+    save_mess(out_dir, net, train_set.classes, data=data, recipe=recipe_command(), stage=stage, metrics=metrics,
+              extra={"mess_source": source, "train_config": {k: v for k, v in vars(cfg).items() if k != "augment"}})
+    print_exit_mious(f"{out_dir}: val mIoU per exit after stage {stage}", history[-1]["val_miou"])
+
+
+@app.command("search")
+def search_cmd(
+    ckpt: Path = typer.Option(..., help="stage-2 MESS checkpoint"),
+    data: str = typer.Option(..., help="dataset spec"),
+    split: str = typer.Option("train", help="calibration split: train (never val or test)"),
+    setting: str = typer.Option("input_dependent", help=f"inference setting: {' | '.join(SETTINGS)}"),
+    max_miou_drop: float = typer.Option(None, help="at most this mIoU below the final exit on the calibration frames (0.01 = 1 pp)"),
+    max_gflops: float = typer.Option(None, help="at most this many GFLOPs per frame"),
+    max_latency_ms: float = typer.Option(None, help="at most this CPU latency per frame (measured here)"),
+    objective: str = typer.Option("gflops", help="what to minimise: gflops | latency_ms | miou (maximised)"),
+    limit: int = typer.Option(None, help="first N calibration frames"),
+    threads: int = typer.Option(1, min=1, help="torch threads (the latency table is measured with them)"),
+    out_dir: Path = typer.Option(..., "--out", help="the searched checkpoint (a copy of --ckpt with the configuration in its card)"),
+    json_path: Path = typer.Option(None, "--json", help="write the search result (best, Pareto front, reference) here"),
+) -> None:
+    """Exhaustive configuration search (eq. 4-6) on cached per-exit predictions of calibration frames."""
+    torch.set_num_threads(threads)
+    if split in ("val", "test"):
+        raise SpecError(f"--split {split} is refused: the configuration is searched on calibration (train) frames, never on evaluation frames")
+    dataset = open_dataset(data, split)
+    ck = load_mess(ckpt, expect_classes=dataset.classes)
+    hw = tuple(dataset[0].image.shape[:2])
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    with progress() as bar:
+        task = bar.add_task("every exit on the calibration frames", total=n, info="")
+        cache = collect_cache(ck.net, _counted(frames_and_labels(dataset, limit), lambda: bar.advance(task)), ignore=dataset.classes.ignore_index)
+    with console.status("cost tables: GFLOPs and CPU latency per exit"):
+        costs = {"gflops": gflops_table(ck.net, hw), "latency_ms": latency_table(ck.net, hw, threads=threads)}
+    constraint = Constraint(max_miou_drop, max_gflops, max_latency_ms, objective)
+    result = search(cache, costs, setting, constraint).to_json()
+    result.update(calibration={"data": data, "split": split, "frames": n}, cost_tables={k: v.to_json() for k, v in costs.items()},
+                  exit_miou=per_exit_miou(cache), constraint=vars(constraint))
+    if result["best"] is None:
+        raise SpecError(f"no configuration meets {vars(constraint)}; the Pareto front is in --json (loosen the constraint)")
+    if out_dir.resolve() != ckpt.resolve():
+        shutil.copytree(ckpt, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("last.pt", "*.tmp"))
+    set_configuration(out_dir, result)
+    best, ref = result["best"], result["reference"]
+    out.print(f"chosen: {best['config']} | calibration mIoU {100 * best['miou']:.1f} (final exit {100 * ref['miou']:.1f}), "
+              f"GFLOPs {best['costs']['gflops']:.3f} (final {ref['costs']['gflops']:.3f}), latency {best['costs']['latency_ms']:.1f} ms "
+              f"(final {ref['costs']['latency_ms']:.1f}); exit shares {best['exit_share']}")
+    write_json(json_path, result)
+
+
+@app.command("eval")
+def eval_cmd(
+    ckpt: Path = typer.Option(..., help="searched MESS checkpoint"),
+    data: str = typer.Option(..., help="dataset spec"),
+    split: str = typer.Option("val", help="data split"),
+    shift: str = typer.Option("clean", help="shift to evaluate under"),
+    limit: int = typer.Option(None, help="first N frames"),
+    threads: int = typer.Option(1, min=1, help="torch threads (both the MESS run and the final-exit run)"),
+    json_path: Path = typer.Option(None, "--json", help="write the figures here"),
+) -> None:
+    """The searched configuration on real frames, timed, against the final exit alone in the same run."""
+    torch.set_num_threads(threads)
+    dataset = open_dataset(data, split, shift)
+    ck = load_mess(ckpt, expect_classes=dataset.classes)
+    config = ck.configuration
+    if config is None:
+        raise SpecError(f"{ckpt} has no searched configuration; run `tandemseg exits search --ckpt {ckpt} ...` first")
+    result = evaluate_mess(ck.net, config, dataset, limit, ck.card["mess"]["search"]["cost_tables"])
+    payload = {"ckpt": str(ckpt), "data": data, "split": split, "shift": shift, "threads": threads, "configuration": config.to_json(), **result}
+    keys = ("miou", "final_exit_miou", "gflops_per_frame", "final_gflops_per_frame", "latency_ms", "final_latency_ms", "frames")
+    table = Table(title=f"MESS {config.setting} on {data} {split} ({shift})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in keys:
+        table.add_row(k, f"{payload[k]:.4g}")
+    out.print(table)
+    out.print(f"exit histogram: {payload['exit_histogram']}")
+    write_json(json_path, payload)
+
+
+def evaluate_mess(net, config: Configuration, dataset, limit: int | None, cost_tables: dict) -> dict:
+    """Each frame through the configuration (real early exits, timed) and through the final exit alone (timed)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    nc, ignore = dataset.classes.num_classes, dataset.classes.ignore_index
+    cm_mess, cm_final = ConfusionMatrix(nc, ignore), ConfusionMatrix(nc, ignore)
+    gt = CostTable.from_json(cost_tables["gflops"])
+    path = list(config.path())
+    stages = [net.stage_of(k) for k in path]
+    gflops_at = dict(zip(path, path_costs(gt, path, stages, decide=config.setting == "input_dependent"), strict=True))
+    ms_mess, ms_final, exits_taken = [], [], []
+    frames = list(frames_and_labels(dataset, limit))
+    net.eval()
+    with torch.inference_mode():
+        net.base(frames[0][0][None])  # warm-up
+        for frame, label in frames:
+            x = frame[None]
+            t0 = time.perf_counter()
+            if config.setting == "input_dependent":
+                res = net.input_dependent(x, list(config.exits), config.thresholds, config.pixel_thresholds)
+                logits, key = res.logits, res.exits[0]
+            else:
+                key = path[0] if config.setting == "budgeted" else path[-1]
+                logits = net.forward_exit(x, key)
+            ms_mess.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
+            final = net.base(x)
+            ms_final.append((time.perf_counter() - t0) * 1e3)
+            cm_mess.update(logits.argmax(1), torch.from_numpy(np.asarray(label)[None]))
+            cm_final.update(final.argmax(1), torch.from_numpy(np.asarray(label)[None]))
+            exits_taken.append(key)
+    hist = {k: exits_taken.count(k) for k in path}
+    return {"miou": cm_mess.miou(), "final_exit_miou": cm_final.miou(), "frames": n,
+            "gflops_per_frame": float(np.mean([gflops_at[k] for k in exits_taken])), "final_gflops_per_frame": float(gt.backbone[-1] + gt.heads[FINAL]),
+            "latency_ms": statistics.median(ms_mess), "final_latency_ms": statistics.median(ms_final),
+            "latency_ms_mean": float(np.mean(ms_mess)), "final_latency_ms_mean": float(np.mean(ms_final)), "exit_histogram": hist}
+
+
+def _counted(items, tick):
+    for item in items:
+        yield item
+        tick()
+
+
+def print_exit_mious(title: str, mious: dict[str, float]) -> None:
+    table = Table(title=title)
+    table.add_column("exit")
+    table.add_column("mIoU %", justify="right")
+    for k, v in mious.items():
+        table.add_row(k, f"{100 * v:.1f}")
+    out.print(table)
