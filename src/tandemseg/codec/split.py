@@ -41,7 +41,7 @@ def resolve_config(cfg: CodecConfig, feature_info: list[dict]) -> CodecConfig:
 
 def device_input(device: nn.Module, frame: torch.Tensor) -> torch.Tensor:
     """The encoder's input for a [0,1] frame (N,3,H,W): normalised and downsampled as the device sees it."""
-    return device.normalize(device.downsample(frame))
+    return device.encoder_input(frame)
 
 
 def split_features(device: nn.Module, frame: torch.Tensor, index: int) -> torch.Tensor:

@@ -80,7 +80,7 @@ def run_device(model: nn.Module, frame: np.ndarray, keep: tuple[int, ...] = ()) 
     t0 = time.perf_counter()
     x = to_tensor([frame])  # (1, 3, H, W)
     if keep:
-        feats = model.forward_features(model.normalize(model.downsample(x)))  # every stage, (1, C_i, h_i, w_i)
+        feats = model.forward_features(model.encoder_input(x))  # every stage, (1, C_i, h_i, w_i)
         logits, kept = model.decode(feats), {i: feats[i] for i in keep}  # (1, C, h, w)
     else:
         logits, kept = model.forward_coarse(x), {}

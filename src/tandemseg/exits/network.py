@@ -49,9 +49,8 @@ def parse_exit_key(key: str) -> tuple[int, ExitSpec]:
 
 
 def encoder_input(base: nn.Module, frame: torch.Tensor) -> torch.Tensor:
-    """The encoder's input for a [0,1] frame: normalize(downsample(frame)) (device), normalize(frame) (cloud)."""
-    down = getattr(base, "downsample", None)
-    return base.normalize(down(frame) if down is not None else frame)
+    """The encoder's input for a [0,1] frame, as the segmenter prepares it (models/segmenter.py)."""
+    return base.encoder_input(frame)
 
 
 @dataclass

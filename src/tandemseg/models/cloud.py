@@ -14,6 +14,7 @@ from torch import nn
 
 from tandemseg.models.blocks import ASPP, Normalize, conv_bn_act, resize
 from tandemseg.models.encoders import build_encoder, stage_at_reduction
+from tandemseg.models.segmenter import StagedSegmenter
 
 
 @dataclass
@@ -48,7 +49,7 @@ class CloudConfig:
         return cls(**d)
 
 
-class CloudSegmenter(nn.Module):
+class CloudSegmenter(StagedSegmenter):
     """encoder stages -> ASPP on the last stage; DeepLabV3+ decoder with the /4 stage as skip."""
 
     def __init__(self, cfg: CloudConfig | None = None) -> None:
@@ -66,30 +67,11 @@ class CloudSegmenter(nn.Module):
         )
         self.classifier = nn.Conv2d(cfg.decoder_channels, cfg.num_classes, 1)
 
-    @property
-    def stage_names(self) -> list[str]:
-        return [f["module"] for f in self.feature_info]
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.encoder.forward_intermediates(x)[1]
+    def encoder_input(self, frame: torch.Tensor) -> torch.Tensor:
+        return self.normalize(frame)
 
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
         ctx = self.aspp(feats[-1])  # (N, A, H/16, W/16)
         s4 = feats[self.skip_stage]
         y = self.fuse(torch.cat([resize(ctx, s4.shape[-2:]), self.skip(s4)], 1))  # (N, D, H/4, W/4)
         return self.classifier(y)
-
-    def forward_intermediates(
-        self, frame: torch.Tensor, indices: list[int] | None = None, stop_early: bool = False,
-    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """timm's contract on a [0,1] frame: (full-resolution logits, [stage outputs at `indices`])."""
-        x = self.normalize(frame)
-        if stop_early:
-            return None, self.encoder.forward_intermediates(x, indices, stop_early=True)[1]
-        feats = self.forward_features(x)
-        wanted = range(len(feats)) if indices is None else indices
-        return resize(self.decode(feats), frame.shape[-2:]), [feats[i] for i in wanted]
-
-    def forward(self, frame: torch.Tensor) -> torch.Tensor:
-        """[0,1] frame (N,3,H,W) -> logits (N,C,H,W) at full resolution."""
-        return resize(self.decode(self.forward_features(self.normalize(frame))), frame.shape[-2:])

@@ -16,6 +16,7 @@ from torch import nn
 
 from tandemseg.models.blocks import Normalize, conv_bn_act, resize
 from tandemseg.models.encoders import build_encoder, stage_at_reduction
+from tandemseg.models.segmenter import StagedSegmenter
 
 
 @dataclass
@@ -52,7 +53,7 @@ def separable_fuse(channels: int, out: int) -> nn.Sequential:
     return nn.Sequential(conv_bn_act(channels, channels, 3, groups=channels), conv_bn_act(channels, out, 1))
 
 
-class DeviceSegmenter(nn.Module):
+class DeviceSegmenter(StagedSegmenter):
     """encoder stages -> context = 1x1(last stage) gated by global pooling (LR-ASPP), fused with the /8 stage,
     then with the /4 stage, classified at /4 of the device input."""
 
@@ -74,13 +75,9 @@ class DeviceSegmenter(nn.Module):
         self.fuse4 = separable_fuse(head + skip, head)
         self.classifier = nn.Conv2d(head, cfg.num_classes, 1)
 
-    @property
-    def stage_names(self) -> list[str]:
-        return [f["module"] for f in self.feature_info]
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every stage output, from an already normalised, already downsampled input."""
-        return self.encoder.forward_intermediates(x)[1]
+    def encoder_input(self, frame: torch.Tensor) -> torch.Tensor:
+        """ACDC eq. 4: the downsampled, normalised frame the encoder sees."""
+        return self.normalize(self.downsample(frame))
 
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Decoder over the stage outputs -> logits at /4 of the device input."""
@@ -91,20 +88,6 @@ class DeviceSegmenter(nn.Module):
         y = self.fuse4(torch.cat([resize(y, s4.shape[-2:]), self.skip4(s4)], 1))  # (N, head, h/4, w/4)
         return self.classifier(y)  # (N, C, h/4, w/4)
 
-    def forward_intermediates(
-        self, frame: torch.Tensor, indices: list[int] | None = None, stop_early: bool = False,
-    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-        """timm's contract on a [0,1] frame: (full-resolution logits, [stage outputs at `indices`]).
-
-        With `stop_early` the encoder stops after the last requested stage and the logits are None.
-        """
-        small = self.normalize(self.downsample(frame))
-        if stop_early:
-            return None, self.encoder.forward_intermediates(small, indices, stop_early=True)[1]
-        feats = self.forward_features(small)
-        wanted = range(len(feats)) if indices is None else indices
-        return resize(self.decode(feats), frame.shape[-2:]), [feats[i] for i in wanted]
-
     def downsample(self, frame: torch.Tensor) -> torch.Tensor:
         """ACDC eq. 4: x_s = D_s(x), bilinear with antialiasing so thin structures fade rather than alias."""
         if self.cfg.input_scale == 1.0:
@@ -112,11 +95,3 @@ class DeviceSegmenter(nn.Module):
         h, w = frame.shape[-2:]
         size = (max(1, round(h * self.cfg.input_scale)), max(1, round(w * self.cfg.input_scale)))
         return torch.nn.functional.interpolate(frame, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-    def forward_coarse(self, frame: torch.Tensor) -> torch.Tensor:
-        """Logits at /4 of the downsampled input, before upsampling (what the device actually computes)."""
-        return self.decode(self.forward_features(self.normalize(self.downsample(frame))))
-
-    def forward(self, frame: torch.Tensor) -> torch.Tensor:
-        """[0,1] frame (N,3,H,W) -> logits (N,C,H,W) at full resolution (ACDC eq. 4, upsampled)."""
-        return resize(self.forward_coarse(frame), frame.shape[-2:])
