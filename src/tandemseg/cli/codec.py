@@ -8,7 +8,7 @@ import torch
 import typer
 from rich.table import Table
 
-from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.cli.common import console, metrics_table, out, progress, write_json
 from tandemseg.cli.models import recipe_command
 from tandemseg.codec import CodecConfig, CodecError, FeatureCodec, device_fingerprint, load_codec, save_codec
 from tandemseg.codec.config import DECODERS
@@ -124,12 +124,7 @@ def eval_cmd(
 
 
 def print_metrics(title: str, m: dict) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in METRIC_KEYS:
-        table.add_row(k, f"{m[k]:.4g}" if isinstance(m[k], float) else str(m[k]))
-    out.print(table)
+    out.print(metrics_table(title, m, METRIC_KEYS))
     console.print("[dim]encode_ms / decode_ms: the codec's own layers and range coding, split features given[/dim]")
 
 

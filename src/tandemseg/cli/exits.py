@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
-from rich.table import Table
 
-from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.cli.common import console, metrics_table, out, progress, write_json
 from tandemseg.cli.models import recipe_command
 from tandemseg.data.base import FirstFrames
 from tandemseg.data.spec import open_dataset
@@ -156,12 +155,7 @@ def eval_cmd(
     result = evaluate_mess(ck.net, config, dataset, limit, ck.card["mess"]["search"]["cost_tables"])
     payload = {"ckpt": str(ckpt), "data": data, "split": split, "shift": shift, "threads": threads, "configuration": config.to_json(), **result}
     keys = ("miou", "final_exit_miou", "gflops_per_frame", "final_gflops_per_frame", "latency_ms", "final_latency_ms", "frames")
-    table = Table(title=f"MESS {config.setting} on {data} {split} ({shift})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k in keys:
-        table.add_row(k, f"{payload[k]:.4g}")
-    out.print(table)
+    out.print(metrics_table(f"MESS {config.setting} on {data} {split} ({shift})", payload, keys))
     out.print(f"exit histogram: {payload['exit_histogram']}")
     write_json(json_path, payload)
 
@@ -210,9 +204,4 @@ def _counted(items, tick):
 
 
 def print_exit_mious(title: str, mious: dict[str, float]) -> None:
-    table = Table(title=title)
-    table.add_column("exit")
-    table.add_column("mIoU %", justify="right")
-    for k, v in mious.items():
-        table.add_row(k, f"{100 * v:.1f}")
-    out.print(table)
+    out.print(metrics_table(title, mious, list(mious)))
