@@ -14,7 +14,7 @@ import typer
 from tandemseg.cli.common import console, metrics_table, out, progress, write_json
 from tandemseg.cli.models import recipe_command
 from tandemseg.data.base import FirstFrames
-from tandemseg.data.spec import open_dataset
+from tandemseg.data.spec import open_dataset, parse_dataspec
 from tandemseg.errors import SpecError
 from tandemseg.eval.metrics import ConfusionMatrix
 from tandemseg.exits.calibrate import collect_cache
@@ -26,6 +26,7 @@ from tandemseg.exits.search import SETTINGS, Configuration, Constraint, path_cos
 from tandemseg.exits.train import stage1_network, stage2_network
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.train.exits import ExitTrainConfig, frames_and_labels, per_exit_miou, train_exits
+from tandemseg.train.recipes import default_recipe
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Multi-exit device networks (MESS): train, search, evaluate.")
 
@@ -76,7 +77,8 @@ def train(
         net, source = stage2_network(load_mess(init, expect_classes=train_set.classes).net, parse_heads(heads)), str(init)
     else:
         raise SpecError(f"--stage is 1 or 2, got {stage}")
-    cfg = ExitTrainConfig(stage=stage, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, val_limit=val_limit, seed=seed)
+    augment = default_recipe("device", parse_dataspec(data)[0]).augment  # the device's own training distribution
+    cfg = ExitTrainConfig(stage=stage, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, val_limit=val_limit, seed=seed, augment=augment)
     with progress() as bar:
         task = bar.add_task(f"MESS stage {stage}", total=epochs, info="")
 
