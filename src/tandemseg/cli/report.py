@@ -64,6 +64,15 @@ def codec(
     write_table(report.codec_tables, folder, out_path or folder / "tables.md")
 
 
+@app.command("exits")
+def exits(
+    folder: Path = typer.Argument(..., help="folder of search-*.json, eval-*.json and *-card.json (scripts/exits_results.sh)"),
+    out_path: Path = typer.Option(None, "--out", help="where to write the tables (default: FOLDER/tables.md)"),
+) -> None:
+    """MESS: searched configurations, val evaluation, per-exit mIoU per training run (docs/results/exits/tables.md)."""
+    write_table(report.exits_tables, folder, out_path or folder / "tables.md")
+
+
 @app.command("field")
 def field(
     path: Path = typer.Argument(..., help="a JSON results file"),

@@ -343,6 +343,52 @@ def codec_tables(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- multi-exit (scripts/exits_results.sh)
+
+
+def search_row(name: str, search: dict) -> list[str]:
+    best, ref = search["best"], search["reference"]
+    cfg = best["config"]
+    exits = ", ".join(f"{k} (th {t:g}, pix {p:g})" for k, t, p in zip(cfg["exits"], cfg["thresholds"], cfg["pixel_thresholds"], strict=False)) or "-"
+    return [name, cfg["setting"], exits, pct(best["miou"]), pct(best["miou"] - ref["miou"], 2),
+            f"{best['costs']['gflops']:.3f} / {ref['costs']['gflops']:.3f}", f"{best['costs']['latency_ms']:.1f} / {ref['costs']['latency_ms']:.1f}"]
+
+
+def exit_eval_row(shift: str, e: dict) -> list[str]:
+    hist = ", ".join(f"{k}: {v}" for k, v in e["exit_histogram"].items())
+    return [shift, pct(e["miou"]), pct(e["final_exit_miou"]), pct(e["miou"] - e["final_exit_miou"], 2),
+            f"{e['gflops_per_frame']:.3f} / {e['final_gflops_per_frame']:.3f} ({e['final_gflops_per_frame'] / e['gflops_per_frame']:.2f}x)",
+            f"{e['latency_ms']:.1f} / {e['final_latency_ms']:.1f} ({e['final_latency_ms'] / e['latency_ms']:.2f}x)", hist]
+
+
+def exit_miou_table(cards: dict[str, dict]) -> list[str]:
+    """Per-exit val mIoU after each training run (Tables 5 and 6)."""
+    keys = list(dict.fromkeys(k for c in cards.values() for k in c["metrics"]["val_exit_miou"]))
+    rows = [[k, *(pct(c["metrics"]["val_exit_miou"].get(k)) for c in cards.values())] for k in keys]
+    return markdown_table(["exit", *cards], rows, ["---", *["---:"] * len(cards)])
+
+
+def exits_tables(folder: Path) -> str:
+    """docs/results/exits/tables.md: searched configurations (Table 2), val evaluation per shift, per-exit mIoU per run."""
+    folder = Path(folder)
+    lines: list[str] = []
+    searches = [(f.stem.removeprefix("search-"), read_json(f)) for f in sorted(folder.glob("search-*.json"))]
+    if searches:
+        lines += ["## Configurations searched on train frames (Table 2)", "",
+                  *markdown_table(["constraint", "setting", "early exits (thresholds)", "mIoU %", "vs final (pp)", "GFLOPs MESS / final", "ms MESS / final"],
+                                  [search_row(n, s) for n, s in searches]), ""]
+    evals = [(f.stem.removeprefix("eval-"), read_json(f)) for f in sorted(folder.glob("eval-*.json"))]
+    if evals:
+        lines += ["## On val frames, timed against the final exit in the same run", "",
+                  *markdown_table(["run", "MESS mIoU %", "final exit %", "delta (pp)", "GFLOPs / frame (saving)", "median ms (speed-up)", "exits taken"],
+                                  [exit_eval_row(n, e) for n, e in evals]), ""]
+    cards = {name: load_json(folder, f"{name}-card.json") for name in ("stage1", "stage2-pfd", "stage2-ce")}
+    cards = {k: v for k, v in cards.items() if v}
+    if cards:
+        lines += ["## Val mIoU of every exit after each training run (Tables 5 and 6)", "", *exit_miou_table(cards), ""]
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------- one value for a script
 
 
