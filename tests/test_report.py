@@ -184,3 +184,14 @@ def test_codec_tables_check_the_jd_target_both_ways(tmp_path) -> None:
     assert len(met) == 1 and "lambda=1, K=3" in met[0] and "jpeg:10 2500 B (JD uses 16.0% of it)" in met[0]
     assert "JD has 10.0% of SD+D's cloud-side parameters" in text
     assert "| cloud segmenter (on the decoded image) | 6.000 | 12.00 |" in text
+
+
+def test_exits_tables_show_the_savings_against_the_final_exit(tmp_path) -> None:
+    config = {"setting": "input_dependent", "exits": ["s2-a"], "thresholds": [0.9], "pixel_thresholds": [0.8]}
+    write(tmp_path, "search-drop0.01.json", {"best": {"config": config, "miou": 0.595, "costs": {"gflops": 0.6, "latency_ms": 20.0}},
+                                             "reference": {"miou": 0.60, "costs": {"gflops": 1.2, "latency_ms": 40.0}}})
+    write(tmp_path, "eval-drop0.01-clean.json", {"miou": 0.59, "final_exit_miou": 0.60, "gflops_per_frame": 0.5, "final_gflops_per_frame": 1.25,
+                                                 "latency_ms": 20.0, "final_latency_ms": 50.0, "exit_histogram": {"s2-a": 60, "final": 41}})
+    text = report.exits_tables(tmp_path)
+    assert "| drop0.01 | input_dependent | s2-a (th 0.9, pix 0.8) | 59.5 | -0.50 | 0.600 / 1.200 | 20.0 / 40.0 |" in text
+    assert "| drop0.01-clean | 59.0 | 60.0 | -1.00 | 0.500 / 1.250 (2.50x) | 20.0 / 50.0 (2.50x) | s2-a: 60, final: 41 |" in text
