@@ -230,3 +230,13 @@ def test_device_cli_refuses_a_wrong_token(collab_setup):
         r = CliRunner().invoke(cli_app, ["device", "--server", url, "--token", "nobody-knows-me", "--data", data, "--device-ckpt", str(dev),
                                          "--policy", "all", "--limit", "2"])
     assert r.exit_code != 0 and "401" in str(r.exception or r.output)
+
+
+def test_link_stats_keep_a_bounded_window_of_round_trips():
+    from tandemseg.device.http_link import RTT_WINDOW, LinkStats
+
+    stats = LinkStats()
+    for i in range(RTT_WINDOW + 500):
+        stats.ok_rtt(float(i))
+    assert len(stats.rtt_ms) == RTT_WINDOW and stats.rtt_ms[0] == 500.0  # the oldest dropped first
+    assert stats.summary()["rtt_ms_p50"] > 500

@@ -148,7 +148,10 @@ def test_device_changes_only_its_own_state(server):
     "body",
     [b"not json", b"[1, 2]", b'{"v": 1}', json.dumps({"u": [[1, 2], [3, 4]]}).encode(), b'{"u": NaN}',
      json.dumps({"u": np.eye(C).tolist(), "u_version": -1}).encode(), json.dumps({"u": np.eye(C).tolist(), "u_version": "3"}).encode(),
-     json.dumps({"u": [["a"] * C] * C}).encode(), ("{\"u\": [" + ",".join(["[" + ",".join(["NaN"] * C) + "]"] * C) + "]}").encode()],
+     json.dumps({"u": [["a"] * C] * C}).encode(), ("{\"u\": [" + ",".join(["[" + ",".join(["NaN"] * C) + "]"] * C) + "]}").encode(),
+     b"{\"u\": " + b"[" * 30_000 + b"]" * 30_000 + b"}",  # deeper than the JSON parser recurses (fits the 64 kB limit)
+     json.dumps({"u": [[10**400] * C] * C}).encode(),  # an integer no float holds
+     json.dumps({"u": np.eye(C).tolist(), "u_version": 2**60}).encode()],  # a version the cloud could not count on from
 )
 def test_bad_state_bodies(server, body):
     _, client = server

@@ -280,8 +280,8 @@ def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batchi
         obj = _json_object(body, "u")
         u = wire.decode_u_json(obj["u"], backend.num_classes)
         version = obj.get("u_version", 0)
-        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**63:
-            raise wire.WireError("u_version must be a non-negative integer")
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= wire.MAX_U_VERSION:
+            raise wire.WireError(f"u_version must be an integer in [0, {wire.MAX_U_VERSION}]")
         return await backend.set_device_u(device, u, version)
 
     app.openapi_schema = None
@@ -309,8 +309,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 def _json_object(body: bytes, key: str) -> dict:
     try:
         obj = json.loads(body, parse_constant=lambda c: float("nan"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise wire.WireError(f"body is not JSON ({str(e)[:80]}); send {{\"{key}\": ...}}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting deeper than the parser goes
+        raise wire.WireError(f"body is not JSON a server can read ({str(e)[:80]}); send {{\"{key}\": ...}}") from None
     if not isinstance(obj, dict) or key not in obj:
         raise wire.WireError(f"body must be a JSON object with the key {key!r}")
     return obj

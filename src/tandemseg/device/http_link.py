@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,6 +51,9 @@ class RetryPolicy:
         return base * (0.5 + rng.random())
 
 
+RTT_WINDOW = 10_000  # round trips the percentiles are computed over
+
+
 class LinkStats:
     """Thread-safe counters of what crossed the link (reported in the device's JSON)."""
 
@@ -60,7 +63,7 @@ class LinkStats:
         self.ok = 0
         self.retries = 0
         self.failures: Counter[str] = Counter()
-        self.rtt_ms: list[float] = []
+        self.rtt_ms: deque[float] = deque(maxlen=RTT_WINDOW)  # bounded: a long-lived device keeps the recent ones
         self.bytes_up = 0  # request bodies (frame + device probs), what UploadRequest.bytes_up counts
         self.bytes_down = 0  # reply bodies (label PNG + U)
         self.header_bytes_up = 0  # HTTP request header overhead, reported separately

@@ -46,6 +46,7 @@ H_SIZE = "X-Tandemseg-Size"
 H_IMAGE_BYTES = "X-Tandemseg-Image-Bytes"
 H_PROBS_SHAPE = "X-Tandemseg-Probs-Shape"
 H_U_VERSION = "X-Tandemseg-U-Version"
+MAX_U_VERSION = 2**53 - 1  # exact in every JSON reader, and far from overflowing when the cloud counts on
 H_LABEL_BYTES = "X-Tandemseg-Label-Bytes"
 H_U_SHAPE = "X-Tandemseg-U-Shape"
 H_CLOUD_MS = "X-Tandemseg-Cloud-Ms"
@@ -168,7 +169,7 @@ def decode_request(headers: Mapping[str, str], body: bytes, device_id: str, limi
     n_image = parse_int(_header(headers, H_IMAGE_BYTES), H_IMAGE_BYTES, 1, len(body)) if body else 0
     if n_image == 0:
         raise WireError("empty body: the request must carry the encoded frame")
-    u_version = parse_int(_header(headers, H_U_VERSION, required=False) or "0", H_U_VERSION)
+    u_version = parse_int(_header(headers, H_U_VERSION, required=False) or "0", H_U_VERSION, hi=MAX_U_VERSION)
     probs, shape = _decode_probs_part(headers, body[n_image:], (height, width), limits)
     return UploadRequest(
         device_id=device_id, frame_id=frame_id, payload=bytes(body[:n_image]), codec=codec, height=height, width=width,
@@ -301,8 +302,8 @@ def decode_u_json(obj: object, num_classes: int) -> np.ndarray:
     """A JSON list of lists -> finite float64 C x C matrix (for PUT /v1/devices/{id}/state)."""
     try:
         u = np.asarray(obj, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise WireError("u must be a C x C list of numbers") from None
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        raise WireError("u must be a C x C list of finite numbers") from None
     if u.shape != (num_classes, num_classes):
         raise WireError(f"u must be {num_classes}x{num_classes}, got shape {u.shape}")
     if not np.isfinite(u).all():
