@@ -417,3 +417,16 @@ def test_concurrent_uploads_share_batches_and_a_corrupt_one_fails_alone():
     assert [r.status_code for r in rs[:5]] == [200] * 5
     assert_clean_error(rs[5], 400)
     assert max(seen) > 1  # the good frames ran together
+
+
+@pytest.mark.parametrize("public, status", [(False, 403), (True, 200)])
+def test_metrics_answer_remote_clients_only_when_allowed(public, status):
+    """Starlette's test client calls from host 'testclient', not loopback (the real server is only ever on 127.0.0.1 here)."""
+    from starlette.testclient import TestClient
+
+    app = create_app(CloudService(ModelSegmenter(tiny_cloud()), CAMVID), TokenMap.parse(TOKENS), Limits(metrics_public=public), BatchConfig())
+    with TestClient(app) as client:
+        r = client.get("/metrics")
+    assert r.status_code == status
+    if status == 403:
+        assert "--metrics-public" in r.json()["error"]

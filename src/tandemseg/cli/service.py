@@ -49,6 +49,7 @@ def serve(
     max_inflight_per_device: int = typer.Option(32, min=1, help="requests one device may have in flight (429 beyond)"),
     max_body_mb: float = typer.Option(8.0, min=0.01, help="largest request body (413 beyond)"),
     max_side: int = typer.Option(4096, min=16, help="largest frame side in pixels (413 beyond)"),
+    metrics_public: bool = typer.Option(False, help="answer /metrics for every client (default: loopback clients only)"),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)"),
     warmup: str = typer.Option(None, help="HxW: run every batch size once at this frame size before serving (no first-request stalls)"),
     ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve instead of one uvicorn process"),
@@ -65,7 +66,7 @@ def serve(
         raise SpecError(f"--dcam-alpha must be in [0, 1], got {dcam_alpha}")
     token_map = load_tokens(tokens)
     limits = Limits(WireLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_side=max_side, max_pixels=max_side * max_side),
-                    max_inflight_per_device=max_inflight_per_device)
+                    max_inflight_per_device=max_inflight_per_device, metrics_public=metrics_public)
     batching = BatchConfig(max_batch, max_wait_ms, max_queue, pipeline)
     initial_u, settings = initial_u_and_dcam_settings(uncertainty, cloud_ckpt)
     if ray and codec_ckpt:

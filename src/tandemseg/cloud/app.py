@@ -43,12 +43,16 @@ from tandemseg.wire.messages import PROTOCOL_VERSION, CloudReply, UploadRequest
 log = logging.getLogger("tandemseg.cloud")
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Request limits: wire limits (body size, image size) and per-device fairness."""
 
     wire: wire.WireLimits = field(default_factory=wire.WireLimits)
     max_inflight_per_device: int = 32  # one device cannot fill the whole queue (429 beyond this)
+    metrics_public: bool = False  # False: /metrics answers loopback clients only (it shows load and device counts)
 
 
 class Backend(Protocol):
@@ -203,8 +207,11 @@ def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batchi
     async def health() -> dict:
         return {"status": "ok", "protocol": PROTOCOL_VERSION, "classes": backend.num_classes, "queue_depth": backend.queue_depth()}
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus() -> Response:
+    @app.get("/metrics", summary="Prometheus metrics (loopback clients only unless the server allows all)", response_class=Response)
+    async def prometheus(request: Request) -> Response:
+        host = request.client.host if request.client else ""
+        if not limits.metrics_public and host not in LOOPBACK:
+            return error(403, "/metrics answers loopback clients only; start the server with --metrics-public to expose it")
         metrics.queue_depth.set(backend.queue_depth())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
