@@ -430,3 +430,26 @@ def test_metrics_answer_remote_clients_only_when_allowed(public, status):
     assert r.status_code == status
     if status == 403:
         assert "--metrics-public" in r.json()["error"]
+
+
+def test_a_bad_item_is_isolated_by_halves_not_one_by_one():
+    """8 items with one bad: the batch, then halves (4 + 4), quarters of the bad half (2 + 2), then 1 + 1: 7 forwards,
+    against 1 + 8 when every item re-runs alone; only the bad item fails."""
+    calls: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        if 5 in items:
+            raise ValueError("bad frame 5")
+        return items
+
+    async def scenario() -> list:
+        b = MicroBatcher(fn, BatchConfig(max_batch=8, max_wait_ms=200, max_queue=16))
+        await b.start()
+        out = await asyncio.gather(*[b.submit(i) for i in range(8)], return_exceptions=True)
+        await b.stop()
+        return out
+
+    out = asyncio.run(scenario())
+    assert [o for i, o in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7] and isinstance(out[5], ValueError)
+    assert len(calls) == 7 and calls[0] == list(range(8)) and [5] in calls

@@ -142,9 +142,10 @@ class MicroBatcher(Generic[T, R]):
         except Exception as e:  # noqa: BLE001 - delivered to the request(s) that caused it
             if len(batch) == 1:
                 _resolve(batch[0][1], error=e)
-            else:  # isolate the failure: run each item alone so only the bad one fails
-                for pair in batch:
-                    await self._execute([pair])
+            else:  # isolate the failure by halves: a good half runs once, a bad half splits again (O(log n) forwards per bad item)
+                mid = len(batch) // 2
+                await self._execute(batch[:mid])
+                await self._execute(batch[mid:])
             return
         for (_, fut), result in zip(batch, results, strict=True):
             _resolve(fut, result=result)
