@@ -41,6 +41,22 @@ def test_split_dcam_matches_the_plain_service(tmp_path):
     bad.payload = b"not an image"
     out = seg.segment([upload("dev1", 8), bad])
     assert isinstance(out[1], Exception) and not isinstance(out[0], Exception)  # the bad frame fails alone
+    assert getattr(out[1], "status", 400) == 400  # the frame's own fault: a 400
+
+
+def test_a_cloud_fault_is_a_retryable_503_not_a_400(tmp_path, monkeypatch):
+    """Out of memory (or any fault of the cloud's) must not tell the client its frame was bad."""
+    pytest.importorskip("ray.serve")
+    from tandemseg.cloud.ray_app import SegmenterImpl
+
+    seg = SegmenterImpl(str(save_tiny(tmp_path / "cloud", "cloud")), Dcam(0.0, DcamSettings()))
+
+    def out_of_memory(requests):
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(seg.service, "segment", out_of_memory)
+    out = seg.segment([upload("dev1", 0), upload("dev1", 1)])
+    assert all(getattr(o, "status", None) == 503 and "retry" in str(o) for o in out)
 
 
 def _free_port() -> int:

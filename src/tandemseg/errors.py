@@ -15,3 +15,10 @@ class SpecError(TandemsegError):
 
 class CheckpointError(TandemsegError):
     """A checkpoint is missing, corrupt, or does not match the requested architecture/classes."""
+
+
+class ServerFault(TandemsegError):
+    """The cloud failed on a request through no fault of the request (out of memory, a crashed worker): a 503 the
+    client may retry, never a 400 that tells it the frame was bad."""
+
+    status = 503

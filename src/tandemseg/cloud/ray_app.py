@@ -32,6 +32,7 @@ from tandemseg.cloud.auth import TokenMap
 from tandemseg.cloud.batching import BatchConfig, Overloaded
 from tandemseg.cloud.dcam import Dcam, DcamEvidence, DcamSettings
 from tandemseg.cloud.states import DeviceStateStore
+from tandemseg.errors import ServerFault, TandemsegError
 from tandemseg.wire.http import WireError
 from tandemseg.wire.messages import CloudReply, UploadRequest
 
@@ -69,10 +70,13 @@ class SegmenterImpl:
             return [self._one(r) for r in requests]
 
     def _one(self, request: UploadRequest) -> tuple[CloudReply, DcamEvidence | None] | Exception:
+        """As the FastAPI path maps them: the frame's own fault is a 400, the cloud's a 503 the client retries."""
         try:
             return self.service.segment([request])[0]
-        except Exception as e:  # noqa: BLE001 - returned to the one request that caused it
+        except (TandemsegError, ValueError) as e:
             return WireError(f"cannot process frame {request.frame_id}: {e}")
+        except Exception as e:  # noqa: BLE001 - returned to the one request that met it
+            return ServerFault(f"the cloud failed on frame {request.frame_id} ({type(e).__name__}); retry later")
 
 
 class RayBackend:
