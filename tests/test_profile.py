@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _tiny import CLOUD_TINY, DEVICE_TINY, run_main
@@ -113,3 +114,13 @@ def test_bench_data_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
     result = json.loads((tmp_path / "data.json").read_text())
     assert result["generator"]["frames"] == 2 and result["shifts_ms_per_frame"] == {"fog": 4.0, "dusk": 2.0}
     assert "synthetic generator" in out and "fog:5" in out and "weather" in out and "250.0" in out  # 1000 / 4 ms
+
+
+def test_cost_breakdown_times_every_step(tmp_path) -> None:
+    from tandemseg.eval.cost_breakdown import cost_breakdown
+
+    images = [np.random.default_rng(i).integers(0, 256, (64, 96, 3), dtype=np.uint8) for i in range(2)]
+    result = cost_breakdown(images, tiny("device"), tiny("cloud"), repeats=1)
+    m = result["medians"]
+    assert result["frames"] == 2 and all(v >= 0 for v in m.values())
+    assert m["png level 1 bytes"] > 0 and "cloud: DCAM update (ms)" in m

@@ -322,3 +322,36 @@ def codec(
     out.print(f"encode adds {100 * result['encode_overhead']:.1f}% to the device; feature decoding is "
               f"{100 * result['decode_share_of_cloud']:.1f}% of the cloud model's time; {result['bytes_per_frame']:.0f} bytes per frame")
     write_json(json_path, payload)
+
+
+@app.command()
+def costs(
+    data: Annotated[str, typer.Option(help="dataset spec the frames come from")] = "camvid:../shared/data/camvid",
+    device_ckpt: Annotated[Path, typer.Option(help="device checkpoint")] = Path("checkpoints/camvid-device"),
+    cloud_ckpt: Annotated[Path, typer.Option(help="cloud checkpoint")] = Path("checkpoints/camvid-cloud"),
+    frames: Annotated[int, typer.Option(min=1, help="val frames, evenly spaced")] = 10,
+    repeats: Annotated[int, typer.Option(min=1, help="timed calls per step and frame")] = 10,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+) -> None:
+    """CPU ms per frame of each step through the system on one thread (PNG, probabilities, DCAM, label map, forward)."""
+    import numpy as np
+    import torch
+
+    from tandemseg.data.spec import open_dataset
+    from tandemseg.eval.cost_breakdown import cost_breakdown
+    from tandemseg.models.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    ds = open_dataset(data, "val")
+    device = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=ds.classes).model
+    cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=ds.classes).model
+    images = [ds[int(i)].image for i in np.linspace(0, len(ds) - 1, min(frames, len(ds))).astype(int)]
+    with console.status("timing every step on one thread"):
+        result = cost_breakdown(images, device, cloud, repeats)
+    table = Table(title=f"CPU per frame, 1 thread, median over {result['frames']} frames")
+    table.add_column("step")
+    table.add_column("value", justify="right")
+    for k, v in result["medians"].items():
+        table.add_row(k, f"{v:.1f}")
+    out.print(table)
+    write_json(json_path, {"command": command_line(), "data": data, **result})

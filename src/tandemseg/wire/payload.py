@@ -76,7 +76,7 @@ def encode_frame(image: np.ndarray, codec: str | Codec = "png") -> bytes:
     kwargs = {} if c.quality is None else {"quality": c.quality}
     if c.name == "png":
         # zlib level 1: on CamVid frames 13.8 ms of device CPU per frame against 45.6 ms at the default
-        # level 6, for 5.6% more bytes (scripts/service_cost_breakdown.py); the device's CPU is the scarce one
+        # level 6, for 5.6% more bytes (`tandemseg bench costs`); the device's CPU is the scarce one
         kwargs["compress_level"] = 1
     Image.fromarray(image).save(buf, format=FRAME_FORMATS[c.name], **kwargs)
     return buf.getvalue()
