@@ -129,7 +129,7 @@ def search_cmd(
         raise SpecError(f"no configuration meets {vars(constraint)}; the Pareto front is in --json (loosen the constraint)")
     if out_dir.resolve() != ckpt.resolve():
         shutil.copytree(ckpt, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("last.pt", "*.tmp"))
-    set_configuration(out_dir, result)
+    set_configuration(out_dir, result, recipe_command())
     best, ref = result["best"], result["reference"]
     out.print(f"chosen: {best['config']} | calibration mIoU {100 * best['miou']:.1f} (final exit {100 * ref['miou']:.1f}), "
               f"GFLOPs {best['costs']['gflops']:.3f} (final {ref['costs']['gflops']:.3f}), latency {best['costs']['latency_ms']:.1f} ms "

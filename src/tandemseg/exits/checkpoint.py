@@ -45,14 +45,16 @@ def save_mess(folder: str | Path, net: MultiExitSegmenter, classes: ClassTable, 
     return save_checkpoint(folder, net, "device", classes, data=data, recipe=recipe, metrics=metrics, extra={"mess": mess, **(extra or {})})
 
 
-def set_configuration(folder: str | Path, search: dict) -> None:
-    """Record a search result (the chosen configuration, the reference, the Pareto front) in the card."""
+def set_configuration(folder: str | Path, search: dict, recipe: str | None = None) -> None:
+    """Record a search result (the chosen configuration, the reference, the Pareto front) and the command that
+    searched it in the card (the card's `recipe` stays the training command of the weights)."""
     path = Path(folder) / CARD
     card = read_card(folder)
     if "mess" not in card:
         raise CheckpointError(f"{folder} is not a MESS checkpoint (no 'mess' section in its card)")
     card["mess"]["configuration"] = search["best"]
     card["mess"]["search"] = {k: v for k, v in search.items() if k != "best"}
+    card["mess"]["search_recipe"] = recipe
     tmp = path.with_suffix(".tmp")
     write_json(tmp, card)
     tmp.replace(path)
