@@ -15,7 +15,7 @@ DATA=camvid:../shared/data/camvid
 DEV=checkpoints/camvid-device
 RUNS=runs/mess
 OUT=docs/results/exits
-HEADS=${HEADS:-crm1-b0-rdi0-fcn,crm2-b1-rdi0-fcn,crm2-b1-rdi1-dlb}
+HEADS=${HEADS:-crm1-b0-rdi0-fcn,crm2-b1-rdi1-dlb}
 mkdir -p "$RUNS" "$OUT"
 
 if [[ ${TRAIN:-1} == 1 ]]; then
@@ -23,7 +23,7 @@ if [[ ${TRAIN:-1} == 1 ]]; then
     --out "$RUNS/camvid-s1" --exits 3 --epochs 4 --lr 5e-4 --threads 1
   for loss in pfd ce; do
     [[ -f $RUNS/camvid-s2-$loss/card.json ]] || nice -n 5 $T exits train --stage 2 --init "$RUNS/camvid-s1" --data "$DATA" \
-      --out "$RUNS/camvid-s2-$loss" --heads "$HEADS" --loss "$loss" --epochs 4 --lr 1e-3 --threads 1
+      --out "$RUNS/camvid-s2-$loss" --heads "$HEADS" --loss "$loss" --epochs 3 --lr 1e-3 --label-stride 2 --threads 1
   done
 fi
 

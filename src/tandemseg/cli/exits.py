@@ -50,6 +50,7 @@ def train(
     exits: int = typer.Option(3, min=1, help="stage 1: candidate exit points, placed at equal shares of the encoder's FLOPs (sec. 4.1)"),
     heads: str = typer.Option(DEFAULT_HEADS, help="stage 2: candidate head architectures per exit point (eq. 1 names)"),
     loss: str = typer.Option("pfd", help="stage 2: pfd (eq. 3) | ce | kd"),
+    label_stride: int = typer.Option(2, min=1, help="stage 2: compute the loss on every k-th label pixel (CPU cost; 1 = full resolution)"),
     epochs: int = typer.Option(6, min=1),
     batch_size: int = typer.Option(8, min=2),
     lr: float = typer.Option(5e-4, help="peak learning rate (poly decay)"),
@@ -78,7 +79,8 @@ def train(
     else:
         raise SpecError(f"--stage is 1 or 2, got {stage}")
     augment = default_recipe("device", parse_dataspec(data)[0]).augment  # the device's own training distribution
-    cfg = ExitTrainConfig(stage=stage, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, val_limit=val_limit, seed=seed, augment=augment)
+    cfg = ExitTrainConfig(stage=stage, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, val_limit=val_limit, seed=seed, augment=augment,
+                          label_stride=label_stride)
     with progress() as bar:
         task = bar.add_task(f"MESS stage {stage}", total=epochs, info="")
 
