@@ -88,3 +88,13 @@ def test_exits_train_search_eval_commands(tmp_path: Path, monkeypatch, capsys) -
     e = json.loads(out.read_text())
     assert sum(e["exit_histogram"].values()) == e["frames"] == 3 and e["gflops_per_frame"] <= e["final_gflops_per_frame"] + 1e-9
     assert {"miou", "final_exit_miou", "latency_ms", "final_latency_ms"} <= set(e)
+    run = tmp_path / "collab.json"  # the searched network as the device of a collaborative run
+    code, _, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--split", "val", "--device-ckpt", str(DEVICE),
+                            "--cloud-ckpt", str(REPO / "checkpoints/synthetic-cloud"), "--policy", "entropy", "--rate", "0.5",
+                            "--mess-ckpt", str(searched), "--limit", "3", "--bootstrap", "50", "--json", str(run))
+    assert code == 0, err
+    r = json.loads(run.read_text())
+    assert sum(r["exit_histogram"].values()) == 3 and r["mess"]["setting"] == e["configuration"]["setting"]
+    code, _, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--device-ckpt", str(DEVICE), "--cloud-ckpt",
+                            str(REPO / "checkpoints/synthetic-cloud"), "--sweep", "0.1", "--mess-ckpt", str(searched), "--limit", "3")
+    assert code == 2 and "single runs" in err
