@@ -354,6 +354,26 @@ def search_row(name: str, search: dict) -> list[str]:
             f"{best['costs']['gflops']:.3f} / {ref['costs']['gflops']:.3f}", f"{best['costs']['latency_ms']:.1f} / {ref['costs']['latency_ms']:.1f}"]
 
 
+BUDGETS = (0.25, 0.4, 0.5, 0.67, 0.8, 0.9, 1.0)  # fractions of the final exit's GFLOPs
+
+
+def budget_picks(front: Sequence[dict], final_gflops: float, budgets: Sequence[float] = BUDGETS) -> list[tuple[float, dict]]:
+    """For each budget, the front's most accurate configuration within it (budgets nothing fits are left out)."""
+    out = []
+    for f in budgets:
+        fits = [e for e in front if e["costs"]["gflops"] <= f * final_gflops + 1e-12]
+        if fits:
+            out.append((f, max(fits, key=lambda e: e["miou"])))
+    return out
+
+
+def pareto_row(e: dict, reference_miou: float) -> list[str]:
+    cfg = e["config"]
+    exits = ", ".join(f"{k} ({t:g}/{p:g})" for k, t, p in zip(cfg["exits"], cfg["thresholds"], cfg["pixel_thresholds"], strict=False)) or cfg["setting"]
+    early = sum(v for k, v in e["exit_share"].items() if k != "final")
+    return [pct(e["miou"]), pct(e["miou"] - reference_miou, 2), f"{e['costs']['gflops']:.3f}", f"{e['costs']['latency_ms']:.1f}", exits, f"{100 * early:.0f}%"]
+
+
 def exit_eval_row(shift: str, e: dict) -> list[str]:
     hist = ", ".join(f"{k}: {v}" for k, v in e["exit_histogram"].items())
     return [shift, pct(e["miou"]), pct(e["final_exit_miou"]), pct(e["miou"] - e["final_exit_miou"], 2),
@@ -377,6 +397,13 @@ def exits_tables(folder: Path) -> str:
         lines += ["## Configurations searched on train frames (Table 2)", "",
                   *markdown_table(["constraint", "setting", "early exits (thresholds)", "mIoU %", "vs final (pp)", "GFLOPs MESS / final", "ms MESS / final"],
                                   [search_row(n, s) for n, s in searches]), ""]
+    if searches:
+        name, front_of = searches[-1]
+        final = front_of["reference"]["costs"]["gflops"]
+        picks = budget_picks(front_of["pareto"], final)
+        lines += [f"## Best of the Pareto front under a GFLOPs budget, calibration frames (search-{name}.json)", "",
+                  *markdown_table(["budget (x final GFLOPs)", "mIoU %", "vs final (pp)", "GFLOPs", "ms", "exits (th_img/th_pix)", "answered early"],
+                                  [[f"{f:g}", *pareto_row(e, front_of["reference"]["miou"])] for f, e in picks]), ""]
     evals = [(f.stem.removeprefix("eval-"), read_json(f)) for f in sorted(folder.glob("eval-*.json"))]
     if evals:
         lines += ["## On val frames, timed against the final exit in the same run", "",
