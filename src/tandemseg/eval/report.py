@@ -287,7 +287,7 @@ def jd_target_lines(points: Sequence[dict]) -> list[str]:
         ratio = (p["bytes_per_frame"] / image["bytes_per_frame"]) if image else None
         near = ref["miou"] - p["miou"] <= 0.01
         met = near and ratio is not None and ratio <= 0.2
-        lines.append(f"- JD {p['setting']}: {pct(p['miou'])}% ({pct(p['miou'] - ref['miou'], 1)} pp vs no compression), "
+        lines.append(f"- JD {p['setting']}: {pct(p['miou'])}% ({100 * (p['miou'] - ref['miou']):+.1f} pp vs no compression), "
                      f"{p['bytes_per_frame']:.0f} B; cheapest image codec at that mIoU: "
                      + (f"{image['setting']} {image['bytes_per_frame']:.0f} B (JD uses {100 * ratio:.1f}% of it)" if image else "none reaches it")
                      + (" -> **target met**" if met else ""))
