@@ -259,7 +259,8 @@ GOOD = upload()
 PROBS = GOOD.device_probs
 MALFORMED = {
     "no protocol": {wire.H_PROTOCOL: None},
-    "protocol 2": {wire.H_PROTOCOL: "2"},
+    "protocol 1 (retired)": {wire.H_PROTOCOL: "1"},
+    "protocol 3": {wire.H_PROTOCOL: "3"},
     "protocol text": {wire.H_PROTOCOL: "one"},
     "no frame id": {wire.H_FRAME: None},
     "negative frame": {wire.H_FRAME: "-1"},

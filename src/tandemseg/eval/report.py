@@ -397,8 +397,9 @@ def exits_tables(folder: Path) -> str:
         lines += ["## Configurations searched on train frames (Table 2)", "",
                   *markdown_table(["constraint", "setting", "early exits (thresholds)", "mIoU %", "vs final (pp)", "GFLOPs MESS / final", "ms MESS / final"],
                                   [search_row(n, s) for n, s in searches]), ""]
-    if searches:
-        name, front_of = searches[-1]
+    with_front = [(n, srch) for n, srch in searches if srch.get("pareto")]
+    if with_front:
+        name, front_of = with_front[-1]
         final = front_of["reference"]["costs"]["gflops"]
         picks = budget_picks(front_of["pareto"], final)
         lines += [f"## Best of the Pareto front under a GFLOPs budget, calibration frames (search-{name}.json)", "",

@@ -64,7 +64,7 @@ def parse_upload_codec(text: str) -> str:
     try:
         return str(parse_codec(text))
     except SpecError:
-        raise SpecError(f"unknown upload codec {text!r}; valid: png, jpeg:Q, webp:Q, avif:Q (Q in 1..100) or {FEATURES}") from None
+        raise SpecError(f"unknown codec {text!r}; valid: png, jpeg:Q, webp:Q, avif:Q (Q in 1..100) or {FEATURES}") from None
 
 
 def encode_frame(image: np.ndarray, codec: str | Codec = "png") -> bytes:
