@@ -18,7 +18,7 @@ CLOUD=checkpoints/camvid-cloud
 RUNS=runs/codec
 OUT=docs/results/codec
 EPOCHS=${EPOCHS:-25}
-LAMBDAS=${LAMBDAS:-"0.01 0.03 0.1 0.3 1"}
+LAMBDAS=${LAMBDAS:-"0.03 0.1 0.3 1 3"}
 KS=${KS:-"1 2 4"}  # Fig. 8 at lambda 0.3 (K = 3 is the ladder's)
 JOBS=${JOBS:-2}  # trainings in parallel, one torch thread each
 mkdir -p "$RUNS" "$OUT"
