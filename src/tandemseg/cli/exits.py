@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import statistics
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import typer
 
@@ -16,13 +13,13 @@ from tandemseg.cli.models import recipe_command
 from tandemseg.data.base import FirstFrames
 from tandemseg.data.spec import open_dataset, parse_dataspec
 from tandemseg.errors import SpecError
-from tandemseg.eval.metrics import ConfusionMatrix
+from tandemseg.eval.exits import evaluate_mess
 from tandemseg.exits.calibrate import collect_cache
 from tandemseg.exits.checkpoint import load_mess, save_mess, set_configuration
-from tandemseg.exits.costs import CostTable, gflops_table, latency_table, place_exit_points, stage_gflops
+from tandemseg.exits.costs import gflops_table, latency_table, place_exit_points, stage_gflops
 from tandemseg.exits.heads import ExitSpec
 from tandemseg.exits.network import FINAL
-from tandemseg.exits.search import SETTINGS, Configuration, Constraint, path_costs, search
+from tandemseg.exits.search import SETTINGS, Constraint, search
 from tandemseg.exits.train import stage1_network, stage2_network
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.train.exits import ExitTrainConfig, frames_and_labels, per_exit_miou, train_exits
@@ -162,43 +159,6 @@ def eval_cmd(
     out.print(metrics_table(f"MESS {config.setting} on {data} {split} ({shift})", payload, keys))
     out.print(f"exit histogram: {payload['exit_histogram']}")
     write_json(json_path, payload)
-
-
-def evaluate_mess(net, config: Configuration, dataset, limit: int | None, cost_tables: dict) -> dict:
-    """Each frame through the configuration (real early exits, timed) and through the final exit alone (timed)."""
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    nc, ignore = dataset.classes.num_classes, dataset.classes.ignore_index
-    cm_mess, cm_final = ConfusionMatrix(nc, ignore), ConfusionMatrix(nc, ignore)
-    gt = CostTable.from_json(cost_tables["gflops"])
-    path = list(config.path())
-    stages = [net.stage_of(k) for k in path]
-    gflops_at = dict(zip(path, path_costs(gt, path, stages, decide=config.setting == "input_dependent"), strict=True))
-    ms_mess, ms_final, exits_taken = [], [], []
-    frames = list(frames_and_labels(dataset, limit))
-    net.eval()
-    with torch.inference_mode():
-        net.base(frames[0][0][None])  # warm-up
-        for frame, label in frames:
-            x = frame[None]
-            t0 = time.perf_counter()
-            if config.setting == "input_dependent":
-                res = net.input_dependent(x, list(config.exits), config.thresholds, config.pixel_thresholds)
-                logits, key = res.logits, res.exits[0]
-            else:
-                key = path[0] if config.setting == "budgeted" else path[-1]
-                logits = net.forward_exit(x, key)
-            ms_mess.append((time.perf_counter() - t0) * 1e3)
-            t0 = time.perf_counter()
-            final = net.base(x)
-            ms_final.append((time.perf_counter() - t0) * 1e3)
-            cm_mess.update(logits.argmax(1), torch.from_numpy(np.asarray(label)[None]))
-            cm_final.update(final.argmax(1), torch.from_numpy(np.asarray(label)[None]))
-            exits_taken.append(key)
-    hist = {k: exits_taken.count(k) for k in path}
-    return {"miou": cm_mess.miou(), "final_exit_miou": cm_final.miou(), "frames": n,
-            "gflops_per_frame": float(np.mean([gflops_at[k] for k in exits_taken])), "final_gflops_per_frame": float(gt.backbone[-1] + gt.heads[FINAL]),
-            "latency_ms": statistics.median(ms_mess), "final_latency_ms": statistics.median(ms_final),
-            "latency_ms_mean": float(np.mean(ms_mess)), "final_latency_ms_mean": float(np.mean(ms_final)), "exit_histogram": hist}
 
 
 def _counted(items, tick):

@@ -162,12 +162,6 @@ def image_codec_point(cloud: nn.Module, dataset: SegDataset, codec: str, limit: 
             "bpp": mean_bytes * 8 / (h * w), "frames": n}
 
 
-def cheapest_at(points: Sequence[dict], miou: float, methods: Sequence[str]) -> dict | None:
-    """The point of `methods` with the fewest bytes among those reaching `miou` (None when none does)."""
-    ok = [p for p in points if p["method"] in methods and p["miou"] >= miou]
-    return min(ok, key=lambda p: p["bytes_per_frame"]) if ok else None
-
-
 @torch.inference_mode()
 def codec_latency(device_model: nn.Module, codec: FeatureCodec, cloud_model: nn.Module, images: Sequence[np.ndarray],
                   warmup: int = 2) -> dict:
@@ -186,16 +180,19 @@ def codec_latency(device_model: nn.Module, codec: FeatureCodec, cloud_model: nn.
             times[key].append((time.perf_counter() - t0) * 1e3)
         return result
 
+    sizes: list[int] = []
     warm = list(images[:warmup])  # untimed first passes (oneDNN kernel choice, allocator pools)
     for i, image in enumerate([*warm, *images]):
         keep = i >= len(warm)
         timed("device_ms", lambda im=image: plain.run(im, 0), keep)
         request = timed("device_with_encode_ms", lambda im=image: payload.build(im, 0, model_step.run(im, 0), 0), keep)
+        if keep:
+            sizes.append(len(request.payload))
         timed("cloud_ms", lambda im=image: cloud_model(to_tensor([im])), keep)
         timed("cloud_decode_ms", lambda r=request: segmenter.predict([r]), keep)
     med = {k: float(np.median(v)) for k, v in times.items()}
     med["encode_overhead"] = med["device_with_encode_ms"] / med["device_ms"] - 1.0
     med["decode_share_of_cloud"] = med["cloud_decode_ms"] / med["cloud_ms"]
     med["frames"] = len(images)
-    med["bytes_per_frame"] = float(np.mean([len(payload.build(im, 0, model_step.run(im, 0), 0).payload) for im in images]))
+    med["bytes_per_frame"] = float(np.mean(sizes))
     return med
