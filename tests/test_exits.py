@@ -17,8 +17,8 @@ from tandemseg.exits.heads import ExitSpec, build_exit, exit_space
 from tandemseg.exits.losses import (
     ce_loss,
     distillation_loss,
-    exit_dropout_loss,
     round_robin_exit,
+    stage1_loss,
     stage2_loss,
 )
 from tandemseg.exits.network import FINAL, MultiExitSegmenter, parse_exit_key
@@ -185,11 +185,11 @@ def test_exit_dropout_touches_final_and_exactly_one_early_exit() -> None:
     for step in range(2 * len(net.exit_keys)):
         record = stage1_step(net, opt, frames, labels, step)
         with_grad = [k for k in net.exit_keys if any(p.grad is not None for p in net.heads[k].parameters())]
-        assert with_grad == [record["exit"]], (step, with_grad)
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.heads[record["exit"]].parameters())
+        assert with_grad == record["exits"] and len(with_grad) == 1, (step, with_grad)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.heads[with_grad[0]].parameters())
         assert net.base.classifier.weight.grad.abs().sum() > 0  # the final exit
         assert net.base.encoder.stem[0][0].weight.grad.abs().sum() > 0  # the backbone, end to end
-        chosen.append(record["exit"])
+        chosen += record["exits"]
     assert chosen == net.exit_keys * 2  # round robin
     assert [round_robin_exit(j, 3) for j in range(5)] == [0, 1, 2, 0, 1]
 
@@ -198,9 +198,15 @@ def test_exit_dropout_loss_is_ce_of_final_plus_the_chosen_exit() -> None:
     torch.manual_seed(0)
     outs = {k: torch.randn(1, 4, 5, 5) for k in ("a", "b", FINAL)}
     target = torch.randint(0, 4, (1, 5, 5))
-    loss, chosen = exit_dropout_loss(outs, ["a", "b"], FINAL, target, step=3)
+    loss, chosen = stage1_loss(outs, ["a", "b"], FINAL, target, step=3)
     ce = torch.nn.functional.cross_entropy
-    assert chosen == "b" and torch.isclose(loss, ce(outs[FINAL], target) + ce(outs["b"], target))
+    assert chosen == ["b"] and torch.isclose(loss, ce(outs[FINAL], target) + ce(outs["b"], target))
+    loss, chosen = stage1_loss(outs, ["a", "b"], FINAL, target, step=3, schedule="all")  # Table 5's end-to-end row
+    assert chosen == ["a", "b"] and torch.isclose(loss, ce(outs[FINAL], target) + ce(outs["a"], target) + ce(outs["b"], target))
+    loss, chosen = stage1_loss(outs, ["a", "b"], FINAL, target, step=3, schedule="final")  # the single-exit control
+    assert chosen == [] and torch.isclose(loss, ce(outs[FINAL], target))
+    with pytest.raises(SpecError, match="dropout, all, final"):
+        stage1_loss(outs, ["a", "b"], FINAL, target, step=3, schedule="some")
 
 
 def pfd_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -277,7 +283,7 @@ def test_tiny_loop_runs_both_stages() -> None:
     batches = [(torch.rand(2, 3, *HW), torch.randint(0, 11, (2, *HW)))]
     h1 = fit(net, batches, stage=1, steps=2)
     h2 = fit(stage2_network(net, SPECS), batches, stage=2, steps=2, loss="pfd")
-    assert [r["exit"] for r in h1] == net.exit_keys and all(np.isfinite(r["loss"]) for r in h1 + h2)
+    assert [r["exits"] for r in h1] == [[k] for k in net.exit_keys] and all(np.isfinite(r["loss"]) for r in h1 + h2)
 
 
 # ----------------------------------------------------------------------------- confidence (eq. 7-9)

@@ -18,6 +18,7 @@ from tandemseg.exits.calibrate import collect_cache
 from tandemseg.exits.checkpoint import load_mess, save_mess, set_configuration
 from tandemseg.exits.costs import gflops_table, latency_table, place_exit_points, stage_gflops
 from tandemseg.exits.heads import ExitSpec
+from tandemseg.exits.losses import STAGE1_LOSSES
 from tandemseg.exits.network import FINAL
 from tandemseg.exits.search import SETTINGS, Constraint, search
 from tandemseg.exits.train import stage1_network, stage2_network
@@ -41,10 +42,12 @@ def parse_heads(text: str) -> list[ExitSpec]:
 def train(
     data: str = typer.Option(..., help="dataset spec"),
     out_dir: Path = typer.Option(..., "--out", help="MESS checkpoint folder (weights, card, log.jsonl, last.pt)"),
-    stage: int = typer.Option(1, help="1: exit-dropout pre-training from a device checkpoint; 2: candidate heads on a frozen stage-1 backbone"),
-    device_ckpt: Path = typer.Option(None, help="stage 1: the device checkpoint to add exits to"),
-    init: Path = typer.Option(None, help="stage 2: the stage-1 MESS checkpoint"),
-    exits: int = typer.Option(3, min=1, help="stage 1: candidate exit points, placed at equal shares of the encoder's FLOPs (sec. 4.1)"),
+    stage: int = typer.Option(1, help="1: exit-aware pre-training from a segmenter checkpoint; 2: candidate heads on a frozen backbone"),
+    base_ckpt: Path = typer.Option(None, "--base-ckpt", "--device-ckpt",
+                                   help="the segmenter (device or cloud) to add exits to: stage 1, or stage 2 without --init (Table 5's 'frozen' row)"),
+    init: Path = typer.Option(None, help="stage 2: the stage-1 MESS checkpoint whose backbone the heads train on"),
+    exits: int = typer.Option(3, min=1, help="exit points from --base-ckpt, placed at equal shares of the encoder's FLOPs (sec. 4.1)"),
+    exit_loss: str = typer.Option("dropout", help="stage 1: dropout (eq. 2) | all (end to end) | final (single-exit control)"),
     heads: str = typer.Option(DEFAULT_HEADS, help="stage 2: candidate head architectures per exit point (eq. 1 names)"),
     loss: str = typer.Option("pfd", help="stage 2: pfd (eq. 3) | ce | kd"),
     label_stride: int = typer.Option(2, min=1, help="stage 2: compute the loss on every k-th label pixel (CPU cost; 1 = full resolution)"),
@@ -63,20 +66,25 @@ def train(
     train_set, val_set = open_dataset(data, "train"), open_dataset(data, "val")
     if train_limit:
         train_set = FirstFrames(train_set, train_limit)
-    if stage == 1:
-        if device_ckpt is None:
-            raise SpecError("stage 1 starts from a device checkpoint: give --device-ckpt")
-        base = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=train_set.classes).model
-        points = place_exit_points(stage_gflops(base, tuple(train_set[0].image.shape[:2])), exits)
-        net, source = stage1_network(base, points), str(device_ckpt)
-    elif stage == 2:
-        if init is None:
-            raise SpecError("stage 2 trains heads on a stage-1 backbone: give --init (a `exits train --stage 1` folder)")
-        net, source = stage2_network(load_mess(init, expect_classes=train_set.classes).net, parse_heads(heads)), str(init)
-    else:
+    if stage not in (1, 2):
         raise SpecError(f"--stage is 1 or 2, got {stage}")
-    augment = default_recipe("device", parse_dataspec(data)[0]).augment  # the device's own training distribution
-    cfg = ExitTrainConfig(stage=stage, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, val_limit=val_limit, seed=seed, augment=augment,
+    if exit_loss not in STAGE1_LOSSES:
+        raise SpecError(f"unknown --exit-loss {exit_loss!r}; valid: {', '.join(STAGE1_LOSSES)}")
+    if stage == 2 and init is not None:
+        if base_ckpt is not None:
+            raise SpecError("give stage 2 either --init (a stage-1 backbone) or --base-ckpt (a plain segmenter, frozen as it is), not both")
+        stage1 = load_mess(init, expect_classes=train_set.classes)
+        net, source, kind = stage2_network(stage1.net, parse_heads(heads)), str(init), stage1.card["kind"]
+    elif base_ckpt is None:
+        raise SpecError("give --base-ckpt (the segmenter to add exits to)" + (" or --init (a stage-1 MESS folder)" if stage == 2 else ""))
+    else:
+        base = load_checkpoint(base_ckpt, expect_classes=train_set.classes)
+        points = place_exit_points(stage_gflops(base.model, tuple(train_set[0].image.shape[:2])), exits)
+        net, source, kind = stage1_network(base.model, points), str(base_ckpt), base.card["kind"]
+        if stage == 2:
+            net = stage2_network(net, parse_heads(heads))
+    augment = default_recipe(kind, parse_dataspec(data)[0]).augment  # the base model's own training distribution
+    cfg = ExitTrainConfig(stage=stage, exit_loss=exit_loss, epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, val_limit=val_limit, seed=seed, augment=augment,
                           label_stride=label_stride)
     with progress() as bar:
         task = bar.add_task(f"MESS stage {stage}", total=epochs, info="")
@@ -88,7 +96,7 @@ def train(
         history = train_exits(net, train_set, val_set, cfg, out_dir, on_epoch)
     metrics = {"val_exit_miou": history[-1]["val_miou"], "epochs_run": len(history)}
     save_mess(out_dir, net, train_set.classes, data=data, recipe=recipe_command(), stage=stage, metrics=metrics,
-              extra={"mess_source": source, "train_config": {k: v for k, v in vars(cfg).items() if k != "augment"}})
+              extra={"mess_source": source, "train_config": {k: v for k, v in vars(cfg).items() if k != "augment"}}, kind=kind)
     print_exit_mious(f"{out_dir}: val mIoU per exit after stage {stage}", history[-1]["val_miou"])
 
 

@@ -200,6 +200,8 @@ def make_device_steps(model: nn.Module, codec: str = "png", device_id: str = "de
 def load_exit_model(folder) -> ExitModel:
     """The searched MESS configuration of a checkpoint (`tandemseg exits search`) as the runtime's model step."""
     ck = load_mess(folder)
+    if ck.card["kind"] != "device":
+        raise SpecError(f"{folder} is a multi-exit {ck.card['kind']} model; --mess-ckpt needs a device one (`exits train --base-ckpt` a device checkpoint)")
     config = ck.configuration
     if config is None:
         raise SpecError(f"{folder} has no searched configuration; run `tandemseg exits search --ckpt {folder} ...` first")

@@ -39,10 +39,10 @@ class MessCheckpoint:
 
 
 def save_mess(folder: str | Path, net: MultiExitSegmenter, classes: ClassTable, *, data: str, recipe: str, stage: int,
-              metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Weights of base and heads (float16, as every device checkpoint) and a device card with the `mess` section."""
+              metrics: dict | None = None, extra: dict | None = None, kind: str = "device") -> Path:
+    """Weights of base and heads and a card of the base's `kind` (device or cloud) with the `mess` section."""
     mess = {"stage": stage, "exit_config": net.exit_config(), "configuration": None}
-    return save_checkpoint(folder, net, "device", classes, data=data, recipe=recipe, metrics=metrics, extra={"mess": mess, **(extra or {})})
+    return save_checkpoint(folder, net, kind, classes, data=data, recipe=recipe, metrics=metrics, extra={"mess": mess, **(extra or {})})
 
 
 def set_configuration(folder: str | Path, search: dict, recipe: str | None = None) -> None:

@@ -1,6 +1,7 @@
 """Training losses for multi-exit segmenters (MESS, paper 003, sec. 4.3).
 
     exit-dropout (eq. 2, stage 1)   L = CE(y_N) + CE(y_i) with ONE early exit i per iteration, round robin
+    E2E, final only (Table 5)       L = CE(y_N) + sum_i CE(y_i);   L = CE(y_N)
     PFD (eq. 3, stage 2)            L = sum_i  a * 1(y^_N = y^) * CE(y_i, y^) + (1 - a) * KL(y_N || y_i)
     CE-only, KD (baselines)         sum_i CE(y_i, y^);   sum_i a * CE(y_i, y^) + (1 - a) * KL(y_N || y_i)
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from tandemseg.errors import SpecError
 
 STAGE2_LOSSES = ("pfd", "ce", "kd")
+STAGE1_LOSSES = ("dropout", "all", "final")  # eq. 2; Table 5's end-to-end row; the single-exit control
 
 
 def round_robin_exit(step: int, n_early: int) -> int:
@@ -33,17 +35,32 @@ def round_robin_exit(step: int, n_early: int) -> int:
     return step % n_early
 
 
-def exit_dropout_loss(
-    outputs: Mapping[str, torch.Tensor], early_keys: Sequence[str], final_key: str, target: torch.Tensor,
-    step: int, ignore: int = 255, weight: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, str]:
-    """Eq. 2: CE of the final exit plus CE of the one early exit chosen for `step`; returns (loss, that exit).
+def stage1_exits(schedule: str, step: int, early_keys: Sequence[str]) -> list[str]:
+    """The early exits trained at iteration `step` of stage 1 (the final exit always trains).
 
-    Only the two exits read here need to be in `outputs`: computing the dropped heads would waste the step.
+    'dropout' is eq. 2 (one early exit, round robin); 'all' is the end-to-end baseline of Table 5 (every exit's
+    CE summed at every step); 'final' trains the final exit alone, the single-exit control that separates the
+    effect of the exits on the final exit from the effect of training longer.
     """
-    chosen = early_keys[round_robin_exit(step, len(early_keys))]
-    loss = F.cross_entropy(outputs[final_key], target, weight=weight, ignore_index=ignore)
-    return loss + F.cross_entropy(outputs[chosen], target, weight=weight, ignore_index=ignore), chosen
+    if schedule == "dropout":
+        return [early_keys[round_robin_exit(step, len(early_keys))]]
+    if schedule == "all":
+        return list(early_keys)
+    if schedule == "final":
+        return []
+    raise SpecError(f"unknown stage-1 exit loss {schedule!r}; valid: {', '.join(STAGE1_LOSSES)}")
+
+
+def stage1_loss(
+    outputs: Mapping[str, torch.Tensor], early_keys: Sequence[str], final_key: str, target: torch.Tensor,
+    step: int, ignore: int = 255, weight: torch.Tensor | None = None, schedule: str = "dropout",
+) -> tuple[torch.Tensor, list[str]]:
+    """Eq. 2 (schedule 'dropout'): CE of the final exit plus CE of the early exits `stage1_exits` picks for
+    `step`; returns (loss, those exits). Only the exits read here need to be in `outputs`."""
+    chosen = stage1_exits(schedule, step, early_keys)
+    loss = sum((F.cross_entropy(outputs[k], target, weight=weight, ignore_index=ignore) for k in chosen),
+               start=F.cross_entropy(outputs[final_key], target, weight=weight, ignore_index=ignore))
+    return loss, chosen
 
 
 def _pixel_terms(

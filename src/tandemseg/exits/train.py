@@ -17,7 +17,7 @@ import torch
 
 from tandemseg.errors import SpecError
 from tandemseg.exits.heads import ExitSpec
-from tandemseg.exits.losses import exit_dropout_loss, round_robin_exit, stage2_loss
+from tandemseg.exits.losses import stage1_exits, stage1_loss, stage2_loss
 from tandemseg.exits.network import FINAL, MultiExitSegmenter
 from tandemseg.models.blocks import resize
 
@@ -58,18 +58,17 @@ def optimizer(net: MultiExitSegmenter, lr: float = 1e-3, weight_decay: float = 1
 
 def stage1_step(
     net: MultiExitSegmenter, opt: torch.optim.Optimizer, frames: torch.Tensor, labels: torch.Tensor, step: int,
-    ignore: int = 255, weight: torch.Tensor | None = None,
+    ignore: int = 255, weight: torch.Tensor | None = None, schedule: str = "dropout",
 ) -> dict:
-    """One exit-aware pre-training iteration (eq. 2). Only the chosen early head runs, so the dropped heads
-    get no gradient at all (their .grad stays None after `zero_grad(set_to_none=True)`)."""
-    keys = net.exit_keys
-    chosen = keys[round_robin_exit(step, len(keys))]
-    outputs = net(frames, [chosen, FINAL])  # {key: (N, C, H, W)}
-    loss, chosen = exit_dropout_loss(outputs, keys, FINAL, labels, step, ignore, weight)
+    """One exit-aware pre-training iteration: eq. 2 by default (`schedule` in losses.STAGE1_LOSSES). Only the
+    trained heads run, so the dropped heads get no gradient at all (their .grad stays None after
+    `zero_grad(set_to_none=True)`)."""
+    outputs = net(frames, [*stage1_exits(schedule, step, net.exit_keys), FINAL])  # {key: (N, C, H, W)}
+    loss, chosen = stage1_loss(outputs, net.exit_keys, FINAL, labels, step, ignore, weight, schedule)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return {"step": step, "loss": float(loss.detach()), "exit": chosen}
+    return {"step": step, "loss": float(loss.detach()), "exits": chosen}
 
 
 def stage2_step(
@@ -91,7 +90,7 @@ def stage2_step(
 
 def fit(
     net: MultiExitSegmenter, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], stage: int, steps: int,
-    lr: float = 1e-3, loss: str = "pfd", alpha: float = 0.5, ignore: int = 255,
+    lr: float = 1e-3, loss: str = "pfd", alpha: float = 0.5, ignore: int = 255, schedule: str = "dropout",
 ) -> list[dict]:
     """A tiny loop: `steps` iterations of stage 1 or 2 over `batches` (cycled); returns the per-step records."""
     if stage not in (1, 2):
@@ -106,7 +105,7 @@ def fit(
     for step in range(steps):
         frames, labels = batches[step % len(batches)]
         if stage == 1:
-            history.append(stage1_step(net, opt, frames, labels, step, ignore))
+            history.append(stage1_step(net, opt, frames, labels, step, ignore, schedule=schedule))
         else:
             history.append(stage2_step(net, opt, frames, labels, loss, alpha, ignore))
     return history

@@ -34,6 +34,7 @@ from tandemseg.train.trainer import TrainingBatches
 @dataclass
 class ExitTrainConfig:
     stage: int = 1  # 1: exit-dropout pre-training of backbone + FCN heads; 2: frozen backbone, candidate heads
+    exit_loss: str = "dropout"  # stage 1: dropout (eq. 2) | all (end to end, Table 5) | final (the single-exit control)
     epochs: int = 6
     batch_size: int = 8
     lr: float = 5e-4  # stage 1 fine-tunes a trained device network: lower than training it from ImageNet
@@ -96,7 +97,7 @@ def train_exits(net: MultiExitSegmenter, train_set: SegDataset, val_set: SegData
                 # dominate the step. Scoring on a strided grid keeps eq. 3's pixel filter and its targets, at 1/stride^2
                 # of the cost (a reading chosen for this machine; the paper is silent on the loss resolution).
                 y = y[:, ::cfg.label_stride, ::cfg.label_stride]
-            rec = stage1_step(net, opt, x, y, it, ignore) if cfg.stage == 1 else stage2_step(net, opt, x, y, cfg.loss, cfg.alpha, ignore)
+            rec = stage1_step(net, opt, x, y, it, ignore, schedule=cfg.exit_loss) if cfg.stage == 1 else stage2_step(net, opt, x, y, cfg.loss, cfg.alpha, ignore)
             losses.append(rec["loss"])
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "train_s": time.perf_counter() - t0,
                   "val_miou": exit_mious(net, val_set, cfg.val_limit)}
