@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from tandemseg.cli import adapt as adapt_cli
 from tandemseg.cli import bench as bench_cli
 from tandemseg.cli import codec as codec_cli
 from tandemseg.cli import data as data_cli
@@ -30,6 +31,7 @@ app.command("collab", help="Collaborative evaluation: device + cloud on selected
 app.add_typer(bench_cli.app, name="bench", help="Benchmark models (params, FLOPs, latency, memory), the data pipeline and payloads.")
 bench_cli.app.command("payload", help="Bytes per frame on the wire: frame codecs, DCAM's device probabilities, label maps.")(service_cli.payload)
 app.command("export-onnx", help="Export a checkpoint to ONNX and check parity with PyTorch.")(bench_cli.export_onnx_cmd)
+app.command("adapt", help="Online adaptation on a continual stream: CEMA (cloud adapts, pushes weights) vs none, BN, Tent, upload-all.")(adapt_cli.adapt)
 app.command("demo", help="Run the whole edge-cloud job on the embedded synthetic scenes.")(demo_cli.demo)
 app.command("serve", help="Serve the cloud model over HTTP (FastAPI + uvicorn, or Ray Serve with --ray).")(service_cli.serve)
 app.command("device", help="Stream frames through the device runtime with the HTTP link to a server.")(service_cli.device)

@@ -39,6 +39,7 @@ from tandemseg.errors import TandemsegError
 from tandemseg.jsonio import json_safe
 from tandemseg.wire import http as wire
 from tandemseg.wire.messages import PROTOCOL_VERSION, CloudReply, UploadRequest
+from tandemseg.wire.weights import UpdateMessage
 
 log = logging.getLogger("tandemseg.cloud")
 
@@ -71,6 +72,10 @@ class Backend(Protocol):
     async def device_state(self, device_id: str) -> dict | None: ...
 
     async def set_device_u(self, device_id: str, u: np.ndarray, version: int) -> dict: ...
+
+    async def model_update(self, device_id: str, since: int) -> UpdateMessage | None:
+        """CEMA's weight push (None: nothing newer, or this backend does not adapt)."""
+        ...
 
 
 class Metrics:
@@ -124,6 +129,11 @@ class BatchedBackend:
 
     async def set_device_u(self, device_id: str, u: np.ndarray, version: int) -> dict:
         return await run_in_threadpool(service_set_u, self.service, device_id, u, version)
+
+    async def model_update(self, device_id: str, since: int) -> UpdateMessage | None:
+        if getattr(self.service, "adaptation", None) is None:
+            return None
+        return await run_in_threadpool(self.service.model_update, device_id, since)
 
 
 # ---------------------------------------------------------------- adapters over the plain CloudService
@@ -259,13 +269,13 @@ def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batchi
             return error(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
         return {"device_id": device}
 
-    def own_state(request: Request, device_id: str, verb: str) -> tuple[str | None, Any]:
+    def own_state(request: Request, device_id: str, verb: str, what: str = "state") -> tuple[str | None, Any]:
         """(device, None) when the caller's token belongs to `device_id`, else (None, the 401/403 response)."""
         device = authenticate(request)
         if device is None:
             return None, error(401, "missing or unknown token", {"WWW-Authenticate": "Bearer"})
         if device_id != device:
-            return None, error(403, f"your token belongs to {device!r}; a device {verb} only its own state")
+            return None, error(403, f"your token belongs to {device!r}; a device {verb} only its own {what}")
         return device, None
 
     @app.get("/v1/devices/{device_id}/state", summary="the calling device's U and version")
@@ -290,6 +300,22 @@ def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batchi
         if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= wire.MAX_U_VERSION:
             raise wire.WireError(f"u_version must be an integer in [0, {wire.MAX_U_VERSION}]")
         return await backend.set_device_u(device, u, version)
+
+    @app.get("/v1/devices/{device_id}/model", summary="the calling device's adapted weights newer than ?since=M (CEMA)",
+             responses={200: {"description": "safetensors bytes of the adapted tensors (headers: model version, sha256)",
+                              "content": {wire.OCTET: {"schema": {"type": "string", "format": "binary"}}}},
+                        204: {"description": "nothing newer than `since`"}})
+    async def get_model(device_id: str, request: Request, since: int = 0):
+        device, refusal = own_state(request, device_id, "fetches", "model")
+        if refusal is not None:
+            return refusal
+        if not 0 <= since <= wire.MAX_U_VERSION:
+            raise wire.WireError(f"since must be an integer in [0, {wire.MAX_U_VERSION}]")
+        message = await backend.model_update(device, since)
+        if message is None:
+            return Response(status_code=204)
+        headers = {wire.H_MODEL_VERSION: str(message.version), wire.H_SHA256: message.sha256}
+        return Response(message.payload, media_type=wire.OCTET, headers=headers)
 
     app.openapi_schema = None
     _add_error_schema(app)
@@ -351,7 +377,7 @@ class MetricsMiddleware:
 def _endpoint_label(path: str) -> str:
     """Low-cardinality metric label: the route template, never the raw path."""
     if path.startswith("/v1/devices/"):
-        return "/v1/devices/{id}/state"
+        return "/v1/devices/{id}/model" if path.endswith("/model") else "/v1/devices/{id}/state"
     return path if path in (wire.SEGMENT_PATH, "/v1/health", "/v1/whoami", "/metrics") else "other"
 
 

@@ -112,6 +112,10 @@ class RayBackend:
     async def set_device_u(self, device_id: str, u: np.ndarray, version: int) -> dict:
         return await self.states.set.remote(device_id, u, version)
 
+    async def model_update(self, device_id: str, since: int):
+        """Adaptation does not run behind Ray Serve yet (the FastAPI path runs it): never an update."""
+        return None
+
 
 # ---------------------------------------------------------------- deployments (thin handlers)
 

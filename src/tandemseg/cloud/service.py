@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tandemseg.cloud.adaptation.service import AdaptationService
 from tandemseg.cloud.dcam import Dcam, DcamEvidence, DcamSettings
 from tandemseg.cloud.states import DeviceStateStore
 from tandemseg.cloud.uploads import decode_upload, encode_prediction, upload_probs
@@ -26,6 +27,7 @@ from tandemseg.data.classes import ClassTable
 from tandemseg.data.tensors import to_tensor
 from tandemseg.wire.messages import CloudReply, UploadRequest
 from tandemseg.wire.payload import FEATURES, PayloadError
+from tandemseg.wire.weights import UpdateMessage
 
 
 class Segmenter(Protocol):
@@ -86,9 +88,10 @@ class CloudService:
 
     def __init__(
         self, segmenter: Segmenter, classes: ClassTable, dcam_alpha: float = 0.0, initial_u: np.ndarray | None = None,
-        dcam_settings: DcamSettings | None = None,
+        dcam_settings: DcamSettings | None = None, adaptation: AdaptationService | None = None,
     ) -> None:
         self.segmenter = segmenter
+        self.adaptation = adaptation
         self.classes = classes
         self.dcam = Dcam(dcam_alpha, dcam_settings or DcamSettings(), classes.ignore_index)
         self.states = DeviceStateStore(classes.num_classes, initial_u, self.dcam)
@@ -114,4 +117,12 @@ class CloudService:
             u, version = self.states.record(r.device_id, r.u_version, evidence)
             reply.u_matrix, reply.u_version = u, version
             replies.append(reply)
+        if self.adaptation is not None:  # after the replies exist: adaptation never delays them (queued or, offline, inline)
+            for r, reply in zip(requests, replies, strict=True):
+                self.adaptation.submit(r)
+                reply.model_version = self.adaptation.version(r.device_id)
         return replies
+
+    def model_update(self, device_id: str, since: int = 0) -> UpdateMessage | None:
+        """CEMA's weight push: the device's adapted tensors newer than `since` (None: nothing newer, or no adaptation)."""
+        return None if self.adaptation is None else self.adaptation.update(device_id, since)

@@ -221,6 +221,17 @@ class FixedSelection(Controller):
         return frame_id in self.frame_ids
 
 
+class EligibleFrames(Controller):
+    """Uploads every frame its policy did not rule out (score > -inf): CEMA's sample filter decides alone."""
+
+    @property
+    def target_rate(self) -> float:
+        return float("nan")
+
+    def _decide(self, score: float, frame_id: int) -> bool:
+        return score > float("-inf")
+
+
 @dataclass
 class BudgetSpec:
     """What the CLI asks for: a target rate, or a bytes/s budget at a frame rate."""

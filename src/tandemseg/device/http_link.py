@@ -22,6 +22,7 @@ import numpy as np
 from tandemseg.errors import TandemsegError
 from tandemseg.wire import http as wire
 from tandemseg.wire.messages import CloudReply, UploadRequest
+from tandemseg.wire.weights import UpdateMessage
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
@@ -156,6 +157,25 @@ class HttpLink:
         if device != self.device_id:
             raise TandemsegError(f"the token belongs to device {device!r}, not {self.device_id!r}")
         return device
+
+    def fetch_update(self, device_id: str, since: int) -> UpdateMessage | None:
+        """GET /v1/devices/{id}/model?since=M: the adapted weights (checked by the device before use), None on 204."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        path = f"/v1/devices/{device_id}/model"
+        try:
+            response = self._client.get(path, params={"since": since}, headers=headers)
+        except httpx.HTTPError as e:
+            raise LinkError(_transport_reason(e), f"GET {path}: {e}") from None
+        if response.status_code == 204:
+            return None
+        if response.status_code != 200:
+            raise LinkError(f"http_{response.status_code}", f"GET {path}: {_error_text(response)}")
+        try:
+            version = int(response.headers.get(wire.H_MODEL_VERSION, ""))
+        except ValueError:
+            raise LinkError("bad_reply", f"GET {path}: no integer {wire.H_MODEL_VERSION} header") from None
+        self.stats.add(bytes_down=len(response.content))
+        return UpdateMessage(response.content, response.headers.get(wire.H_SHA256, ""), version)
 
     def _state_path(self) -> str:
         return f"/v1/devices/{self.device_id or self.whoami()}/state"

@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from tandemseg.wire.messages import CloudReply, UploadRequest
+from tandemseg.wire.weights import UpdateMessage
 
 
 class CloudLink(Protocol):
@@ -21,10 +22,20 @@ class CloudLink(Protocol):
     def close(self) -> None: ...
 
 
+class FetchesUpdates(Protocol):
+    """A link that can also download weight updates (CEMA); both links are."""
+
+    def fetch_update(self, device_id: str, since: int) -> UpdateMessage | None:
+        """The device's adapted weights newer than version `since`, or None."""
+        ...
+
+
 class SegmentsUploads(Protocol):
     """What the in-process link needs of the cloud: a batch of uploads in, a reply per upload out."""
 
     def segment_batch(self, requests: list[UploadRequest]) -> list[CloudReply]: ...
+
+    def model_update(self, device_id: str, since: int = 0) -> UpdateMessage | None: ...
 
 
 class InProcessLink:
@@ -51,6 +62,9 @@ class InProcessLink:
         except Exception as e:  # the device must see the failure through the future, as with any link
             future.set_exception(e)
         return future
+
+    def fetch_update(self, device_id: str, since: int) -> UpdateMessage | None:
+        return self.service.model_update(device_id, since)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -38,6 +38,7 @@ from tandemseg.device.steps import (
     PayloadStep,
 )
 from tandemseg.device.uncertainty import UncertaintyMatrix
+from tandemseg.device.weights import WeightUpdater
 from tandemseg.wire.payload import decode_label_png
 
 
@@ -87,13 +88,15 @@ class DeviceRuntime:
     def __init__(
         self, model: nn.Module | ModelStep, policy: Policy, controller: Controller, link: CloudLink | None, codec: str = "png",
         device_id: str = "dev0", send_device_probs: bool = False, uncertainty: UncertaintyMatrix | None = None,
-        payload: PayloadStep | None = None, fuse: FuseStep | None = None,
+        payload: PayloadStep | None = None, fuse: FuseStep | None = None, weights: WeightUpdater | None = None,
     ) -> None:
         self.model_step: ModelStep = LiveModel(model) if isinstance(model, nn.Module) else model
         self.policy, self.controller, self.link = policy, controller, link
         self.payload: PayloadStep = payload or ImagePayload(codec, device_id, send_device_probs)
         self.fuse: FuseStep = fuse or CloudLabel()
         self.uncertainty = uncertainty
+        self.weights = weights  # CEMA: the cloud's weight updates, applied between frames (device/weights.py)
+        self.device_id = device_id
 
     @property
     def u_version(self) -> int:
@@ -105,7 +108,10 @@ class DeviceRuntime:
         out = self.model_step.run(frame, frame_id)
         t0 = time.perf_counter()
         # a frame an early exit answered is done on the device (MESS): the controller sees it and never sends it
-        score = -math.inf if out.answered_early else self.policy.score(FrameObservation(frame_id, out.probs))
+        obs = FrameObservation(frame_id, out.probs)
+        score = -math.inf if out.answered_early else self.policy.score(obs)
+        if self.weights is not None:
+            self.weights.observe(obs.mean_entropy, frame_id)
         upload = self.policy.fixed if self.policy.fixed is not None and not out.answered_early else self.controller.decide(score, frame_id)
         handle = FrameHandle(frame_id, out, score, bool(upload), (time.perf_counter() - t0) * 1e3)
         if handle.uploaded:
@@ -156,7 +162,22 @@ class DeviceRuntime:
         base.bytes_down, base.cloud_ms = reply.bytes_down, reply.cloud_ms
         self._apply_u(reply)
         base.u_version = self.u_version
+        self._apply_weights(reply, base)
         return base
+
+    def _apply_weights(self, reply, result: FrameResult) -> None:
+        """CEMA: the reply says a newer model exists; fetch it and swap it in now, between frames. A failed fetch or
+        a refused update leaves the weights as they are (the next reply offers it again)."""
+        if self.weights is None or reply.model_version <= self.weights.version or self.link is None:
+            return
+        try:
+            message = self.link.fetch_update(self.device_id, self.weights.version)
+        except Exception as e:
+            result.extra["update_error"] = f"fetch:{type(e).__name__}"
+            return
+        if message is not None:
+            result.extra["update_bytes"] = message.bytes_down
+            result.extra["update_applied"] = self.weights.offer(message, result.frame_id)
 
     def _apply_u(self, reply) -> None:
         """DCAM (eq. 14) happened in the cloud; take its U when it is newer than ours."""

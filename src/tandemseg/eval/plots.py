@@ -71,3 +71,28 @@ def plot_rd(payload: dict, path: str | Path, title: str = "") -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_adaptation(runs: list[dict], path: str | Path, title: str = "") -> Path:
+    """Online device mIoU over a continual stream (one point per window of frames), one curve per method, with the
+    conditions marked where they change."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=120)
+    for run in runs:
+        w, ys = run["curve"]["window"], run["curve"]["miou"]
+        ax.plot([w * (i + 0.5) for i in range(len(ys))], [100 * y for y in ys], lw=1.2, label=run["method"])
+    per = runs[0].get("frames_per_condition") if runs else None
+    if per:
+        for j, name in enumerate(runs[0]["per_condition"]):
+            ax.axvline(j * per, color="0.85", lw=0.8)
+            ax.text(j * per + 2, ax.get_ylim()[1], name.split(":")[0][:8], fontsize=5, rotation=90, va="top")
+    ax.set_xlabel("frame of the stream")
+    ax.set_ylabel("online device mIoU (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

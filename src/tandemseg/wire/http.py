@@ -50,6 +50,8 @@ MAX_U_VERSION = 2**53 - 1  # exact in every JSON reader, and far from overflowin
 H_LABEL_BYTES = "X-Tandemseg-Label-Bytes"
 H_U_SHAPE = "X-Tandemseg-U-Shape"
 H_CLOUD_MS = "X-Tandemseg-Cloud-Ms"
+H_MODEL_VERSION = "X-Tandemseg-Model-Version"
+H_SHA256 = "X-Tandemseg-SHA256"
 OCTET = "application/octet-stream"
 SEGMENT_PATH = "/v1/segment"
 
@@ -254,6 +256,7 @@ def encode_reply(reply: CloudReply) -> tuple[dict[str, str], bytes]:
         H_LABEL_BYTES: str(len(reply.label_png)),
         H_U_VERSION: str(reply.u_version),
         H_CLOUD_MS: f"{reply.cloud_ms:.3f}",
+        H_MODEL_VERSION: str(reply.model_version),
     }
     body = reply.label_png
     if reply.u_matrix is not None:
@@ -273,6 +276,7 @@ def decode_reply(headers: Mapping[str, str], body: bytes, frame_id: int) -> Clou
         raise WireError("reply carries no label map")
     u_version = parse_int(_header(headers, H_U_VERSION, required=False) or "0", H_U_VERSION)
     cloud_ms = _parse_float(_header(headers, H_CLOUD_MS, required=False) or "0", H_CLOUD_MS)
+    model_version = parse_int(_header(headers, H_MODEL_VERSION, required=False) or "0", H_MODEL_VERSION, hi=MAX_U_VERSION)
     u = None
     shape_text = _header(headers, H_U_SHAPE, required=False)
     rest = body[n_label:]
@@ -285,7 +289,8 @@ def decode_reply(headers: Mapping[str, str], body: bytes, frame_id: int) -> Clou
             raise WireError("the cloud sent a U with NaN or inf entries")
     elif rest:
         raise WireError(f"{len(rest)} unexpected bytes after the label map")
-    return CloudReply(frame_id=frame_id, label_png=bytes(body[:n_label]), u_matrix=u, u_version=u_version, cloud_ms=cloud_ms)
+    return CloudReply(frame_id=frame_id, label_png=bytes(body[:n_label]), u_matrix=u, u_version=u_version, cloud_ms=cloud_ms,
+                      model_version=model_version)
 
 
 def _parse_float(value: str, name: str) -> float:

@@ -45,6 +45,7 @@ class CloudReply:
     u_matrix: np.ndarray | None = None  # the device's new U (C x C) when DCAM changed it
     u_version: int = 0
     cloud_ms: float = 0.0  # cloud-side compute time for this frame
+    model_version: int = 0  # the newest weight update the cloud holds for this device (CEMA); 0 = none
 
     @property
     def bytes_down(self) -> int:
