@@ -38,6 +38,8 @@ def adapt(
     cloud_ckpt: Path = typer.Option(None, help="cloud checkpoint (cema, upload-all in process)"),
     adapt_option: list[str] = typer.Option([], "--adapt-option", help="adaptation setting key=value (cloud/adaptation/config.py), repeatable"),
     local_lr: float = typer.Option(1e-4, help="tent's learning rate on the device"),
+    cema_quantiles: str = typer.Option("0.4,0.8", help="cema: the band (E_min^t, E_max^t) as running quantiles of the device's recent "
+                                       "frame entropies; 'paper' keeps CEMA's fractions of ln C"),
     window: int = typer.Option(50, min=1, help="frames per point of the online mIoU curve"),
     server: str = typer.Option(None, help="run against `tandemseg serve --adapt` at this URL instead of in process"),
     token: str = typer.Option(None, help="the device's token for --server (default: TANDEMSEG_TOKEN)"),
@@ -61,7 +63,8 @@ def adapt(
             raise SpecError(f"--method {method} adapts in the cloud: give --cloud-ckpt (in process) or --server")
         cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=frames.classes).model
     link = _http_link(server, token, device_id) if server and method in CLOUD_METHODS else None
-    setup = AdaptSetup(device, cloud, config, device_id=device_id, local_lr=local_lr, window=window)
+    quantiles = None if cema_quantiles == "paper" else _quantiles(cema_quantiles)
+    setup = AdaptSetup(device, cloud, config, device_id=device_id, local_lr=local_lr, window=window, cema_quantiles=quantiles)
     with progress() as bar:
         task = bar.add_task(f"{method} on {stream}", total=len(frames), info="")
         result = run_adaptation(method, frames, setup, link, on_frame=lambda i: bar.advance(task))
@@ -73,6 +76,16 @@ def adapt(
     write_json(json_path, result)
     if plot:
         plot_adaptation([result], plot, f"{method}: online device mIoU, {stream}")
+
+
+def _quantiles(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(t) for t in text.split(","))
+    except ValueError:
+        raise SpecError(f"--cema-quantiles takes LOW,HIGH (e.g. 0.4,0.8) or 'paper', got {text!r}") from None
+    if not 0 <= low < high <= 1:
+        raise SpecError(f"--cema-quantiles needs 0 <= LOW < HIGH <= 1, got {text!r}")
+    return low, high
 
 
 def _http_link(server: str, token: str | None, device_id: str):

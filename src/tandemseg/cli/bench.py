@@ -20,6 +20,10 @@ from rich.table import Table
 from tandemseg.cli.common import console, out, write_json
 from tandemseg.data.tensors import to_tensor
 from tandemseg.errors import TandemsegError
+from tandemseg.exits.checkpoint import load_mess
+from tandemseg.exits.costs import gflops_table
+from tandemseg.exits.export import exit_latencies
+from tandemseg.exits.network import FINAL
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchmark models (params, FLOPs, latency, memory) and the data pipeline.")
 
@@ -355,3 +359,41 @@ def costs(
         table.add_row(k, f"{v:.1f}")
     out.print(table)
     write_json(json_path, {"command": command_line(), "data": data, **result})
+
+
+@app.command("exits")
+def exits_cmd(
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="MESS checkpoint (`tandemseg exits train/search`).")],
+    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for PyTorch and ONNX Runtime.")] = 1,
+    height: Annotated[int, typer.Option("--height", min=32)] = 360,
+    width: Annotated[int, typer.Option("--width", min=32)] = 480,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed passes per exit; the median is reported.")] = 10,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table and the command as Markdown here.")] = None,
+) -> None:
+    """Per exit of a multi-exit network: GFLOPs, CPU latency of its budgeted submodel in PyTorch and ONNX Runtime
+    (one ONNX graph per exit), and the graph's parity with PyTorch."""
+    ck = load_mess(ckpt)
+    hw = (height, width)
+    keys = [*ck.net.exit_keys, FINAL]
+    gflops = gflops_table(ck.net, hw)
+    with tempfile.TemporaryDirectory() as tmp, console.status(f"exporting and timing {len(keys)} exits"):
+        rows = exit_latencies(ck.net, keys, hw, tmp, threads, runs=runs)
+    for k in keys:
+        stage = len(gflops.backbone) - 1 if k == FINAL else ck.net.stage_of(k)
+        rows[k]["gflops"] = gflops.backbone[stage] + gflops.heads[k]
+    table = Table(title=f"{ckpt}: budgeted exits at {height}x{width}, {threads} thread(s), median of {runs}")
+    for col in ("exit", "GFLOPs", "PyTorch ms", "ONNX Runtime ms", "ONNX max |diff|", "argmax agreement"):
+        table.add_column(col, justify="left" if col == "exit" else "right")
+    for k, r in rows.items():
+        table.add_row(k, f"{r['gflops']:.3f}", f"{r['torch_ms']:.1f}", f"{r['onnx_ms']:.1f}", f"{r['max_abs_diff']:.1e}", f"{r['argmax_agreement']:.4f}")
+    out.print(table)
+    payload = {"command": command_line(), "ckpt": str(ckpt), "threads": threads, "input_hw": [height, width], "runs": runs,
+               "machine": machine_info(), "exits": rows}
+    write_json(json_path, payload)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"# Exits of {ckpt}", "", f"```bash\n{payload['command']}\n```", "",
+                 "| exit | GFLOPs | PyTorch ms | ONNX Runtime ms | ONNX max abs diff | argmax agreement |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {r['gflops']:.3f} | {r['torch_ms']:.1f} | {r['onnx_ms']:.1f} | {r['max_abs_diff']:.1e} | {r['argmax_agreement']:.4f} |" for k, r in rows.items()]
+        markdown.write_text("\n".join(lines) + "\n")

@@ -13,7 +13,9 @@ from tandemseg.cli.models import recipe_command
 from tandemseg.data.base import FirstFrames
 from tandemseg.data.spec import open_dataset, parse_dataspec
 from tandemseg.errors import SpecError
+from tandemseg.eval.exit_policies import collect_scores, default_path, policy_curves
 from tandemseg.eval.exits import evaluate_mess
+from tandemseg.eval.plots import plot_exit_policies
 from tandemseg.exits.calibrate import collect_cache
 from tandemseg.exits.checkpoint import load_mess, save_mess, set_configuration
 from tandemseg.exits.costs import gflops_table, latency_table, place_exit_points, stage_gflops
@@ -167,6 +169,43 @@ def eval_cmd(
     out.print(metrics_table(f"MESS {config.setting} on {data} {split} ({shift})", payload, keys))
     out.print(f"exit histogram: {payload['exit_histogram']}")
     write_json(json_path, payload)
+
+
+@app.command("policies")
+def policies_cmd(
+    ckpt: Path = typer.Option(..., help="MESS checkpoint with trained exits (stage 2)"),
+    data: str = typer.Option(..., help="dataset spec"),
+    split: str = typer.Option("val", help="data split (a sweep, nothing is chosen on it)"),
+    shift: list[str] = typer.Option(["clean"], help="shift(s) to compare under; repeat for several panels"),
+    exits: str = typer.Option(None, help="the exit path, comma-separated (default: the cheapest head at every point)"),
+    pixel_threshold: float = typer.Option(0.8, help="eq. 7's pixel threshold for the confidence policies"),
+    limit: int = typer.Option(None, help="first N frames"),
+    threads: int = typer.Option(1, min=1, help="torch threads"),
+    json_path: Path = typer.Option(None, "--json", help="write the curves here"),
+    plot: Path = typer.Option(None, help="write MESS Fig. 4's analogue (PNG) here"),
+) -> None:
+    """MESS Fig. 4: exit policies (eq. 7 with and without eq. 9, mean confidence, an oracle) as mIoU vs GFLOPs."""
+    torch.set_num_threads(threads)
+    runs = {}
+    for s in shift:
+        dataset = open_dataset(data, split, s)
+        ck = load_mess(ckpt, expect_classes=dataset.classes)
+        path = ck.net.check_path(exits.split(",")) if exits else default_path(ck.net)
+        if path[-1] != FINAL:
+            path = [*path, FINAL]
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        with progress() as bar:
+            task = bar.add_task(f"exit policies, {s}", total=n, info="")
+            collected = collect_scores(ck.net, path, _counted(frames_and_labels(dataset, limit), lambda: bar.advance(task)),
+                                       pixel_threshold, dataset.classes.ignore_index)
+        runs[s] = policy_curves(collected, path, [ck.net.stage_of(k) for k in path], gflops_table(ck.net, tuple(dataset[0].image.shape[:2])))
+        best = {name: max((p for p in pts if p["miou"] >= runs[s]["final"]["miou"] - 0.01), key=lambda p: -p["gflops"], default=None)
+                for name, pts in runs[s]["curves"].items()}
+        out.print(f"{s}: fewest GFLOPs within 1 pp of the final exit ({100 * runs[s]['final']['miou']:.1f}%, "
+                  f"{runs[s]['final']['gflops']:.3f} GFLOPs): " + ", ".join(f"{k} {v['gflops']:.3f}" if v else f"{k} -" for k, v in best.items()))
+    write_json(json_path, {"ckpt": str(ckpt), "data": data, "split": split, "pixel_threshold": pixel_threshold, "runs": runs})
+    if plot:
+        plot_exit_policies(runs, plot, f"exit policies on {data} {split}: {ckpt}")
 
 
 def _counted(items, tick):

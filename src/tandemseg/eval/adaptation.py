@@ -28,7 +28,7 @@ from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.base import SegDataset
 from tandemseg.device.budget import EligibleFrames
 from tandemseg.device.link import CloudLink, InProcessLink
-from tandemseg.device.local_adapt import LocalAdaptModel
+from tandemseg.device.local_adapt import FrameNormModel, TentModel, local_step
 from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.steps import LiveModel
@@ -51,6 +51,7 @@ class AdaptSetup:
     device_id: str = "dev0"
     codec: str = "png"
     local_lr: float = 1e-4  # tent's learning rate on the device
+    cema_quantiles: tuple[float, float] | None = (0.4, 0.8)  # the cema filter's running band; None: CEMA's fractions of ln C
     window: int = 50  # frames per point of the online-mIoU curve
 
 
@@ -64,8 +65,9 @@ def build_runtime(method: str, setup: AdaptSetup, classes, link: CloudLink | Non
     """(runtime, the model it adapts, the in-process adaptation service or None)."""
     check_method(method)
     model = copy.deepcopy(setup.device_model).eval()
+    config = setup.config or AdaptConfig()
     if method not in CLOUD_METHODS:
-        step = LiveModel(model) if method == "none" else LocalAdaptModel(model, method, lr=setup.local_lr)
+        step = LiveModel(model) if method == "none" else local_step(model, method, lr=setup.local_lr)
         return DeviceRuntime(step, make_policy("none"), EligibleFrames(), None, device_id=setup.device_id), model, None
     service = None
     if link is None:
@@ -73,9 +75,10 @@ def build_runtime(method: str, setup: AdaptSetup, classes, link: CloudLink | Non
             raise SpecError(f"method {method!r} needs the cloud model (--cloud-ckpt) or a server (--server)")
         service = AdaptationService(setup.cloud_model, setup.device_model, classes.num_classes, setup.config, synchronous=True)
         link = InProcessLink(CloudService(ModelSegmenter(setup.cloud_model), classes, adaptation=service))
-    policy = make_policy("cema" if method == "cema" else "all")
-    weights = WeightUpdater(model, setup.device_id, (setup.config or AdaptConfig()).params)
-    runtime = DeviceRuntime(LiveModel(model), policy, EligibleFrames(), link, codec=setup.codec, device_id=setup.device_id, weights=weights)
+    policy = make_policy("cema", quantiles=setup.cema_quantiles) if method == "cema" else make_policy("all")
+    weights = WeightUpdater(model, setup.device_id, config.params)
+    step = FrameNormModel(model) if config.student_norm == "frame" else LiveModel(model)  # the normalisation the student learnt under
+    runtime = DeviceRuntime(step, policy, EligibleFrames(), link, codec=setup.codec, device_id=setup.device_id, weights=weights)
     return runtime, model, service
 
 
@@ -106,7 +109,7 @@ def run_adaptation(method: str, stream: SegDataset, setup: AdaptSetup, link: Clo
         trim.tick()
         if on_frame:
             on_frame(i)
-    final = final_miou(model, stream)
+    final = final_miou(runtime.model_step, stream)
     weights = runtime.weights.stats if runtime.weights is not None else None
     runtime.close()
     frames = len(stream)
@@ -121,12 +124,14 @@ def run_adaptation(method: str, stream: SegDataset, setup: AdaptSetup, link: Clo
         "device_ms_mean": float(np.mean(device_ms)) if device_ms else 0.0,
         "adaptation": service.stats() if service is not None else None,
         "config": (setup.config or AdaptConfig()).to_json() if method in CLOUD_METHODS else {"local_lr": setup.local_lr},
+        "cema_quantiles": list(setup.cema_quantiles) if method == "cema" and setup.cema_quantiles else None,
     }
 
 
-def final_miou(model: nn.Module, stream: SegDataset) -> float:
-    """The same frames once more under the weights the stream ended with (eval mode, no adaptation)."""
-    step = LiveModel(model.eval())
+def final_miou(step, stream: SegDataset) -> float:
+    """The same frames once more under the weights the stream ended with, through the run's own inference (a Tent
+    step becomes inference alone: per-frame statistics, no more updates)."""
+    step = FrameNormModel(step.model) if isinstance(step, TentModel) else step
     cm = ConfusionMatrix(stream.classes.num_classes, stream.classes.ignore_index)
     trim = HeapTrimmer()
     for i in range(len(stream)):

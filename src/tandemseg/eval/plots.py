@@ -96,3 +96,26 @@ def plot_adaptation(runs: list[dict], path: str | Path, title: str = "") -> Path
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_exit_policies(runs: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """MESS Fig. 4: mIoU vs GFLOPs per frame of each exit policy, one panel per shift (`runs`: shift -> curves)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.4 * len(runs), 3.8), dpi=120, squeeze=False)
+    for ax, (shift, run) in zip(axes[0], runs.items(), strict=True):
+        for name, pts in run["curves"].items():
+            pts = sorted(pts, key=lambda p: p["gflops"])
+            ax.plot([p["gflops"] for p in pts], [100 * p["miou"] for p in pts], marker=".", ms=3, lw=1,
+                    ls="--" if name == "oracle" else "-", label=name)
+        ax.plot([run["final"]["gflops"]], [100 * run["final"]["miou"]], "k*", ms=8, label="final exit")
+        ax.set_xlabel("GFLOPs per frame")
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title(f"{shift} ({run['frames']} frames)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -98,7 +98,7 @@ def gflops_table(net: MultiExitSegmenter, input_hw: tuple[int, int]) -> CostTabl
     return CostTable("gflops", stage_gflops(net.base, input_hw), heads, {k: 0.0 for k in net.exit_keys})
 
 
-def _median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
+def median_ms(fn: Callable[[], object], warmup: int, runs: int) -> float:
     for _ in range(warmup):  # first passes pick oneDNN kernels and grow the allocator's pools
         fn()
     times = []
@@ -125,11 +125,11 @@ def latency_table(
         with eval_mode(net):
             frame = torch.rand(1, 3, *input_hw)
             x_fn = lambda i: net.base.encoder.forward_intermediates(encoder_input(net.base, frame), [i], stop_early=True)  # noqa: E731
-            backbone = [_median_ms(lambda i=i: x_fn(i), warmup, runs) for i in range(len(net.feature_info))]
+            backbone = [median_ms(lambda i=i: x_fn(i), warmup, runs) for i in range(len(net.feature_info))]
             feats = net.encode(frame, [FINAL])
-            heads = {k: _median_ms(lambda k=k: resize(net.exit_native(k, feats), input_hw), warmup, runs) for k in [*net.exit_keys, FINAL]}
+            heads = {k: median_ms(lambda k=k: resize(net.exit_native(k, feats), input_hw), warmup, runs) for k in [*net.exit_keys, FINAL]}
             natives = {k: net.exit_native(k, feats)[0] for k in net.exit_keys}
-            policy = {k: _median_ms(lambda k=k: logits_confidence(natives[k], pixel_threshold, edge_smoothing), warmup, runs) for k in net.exit_keys}
+            policy = {k: median_ms(lambda k=k: logits_confidence(natives[k], pixel_threshold, edge_smoothing), warmup, runs) for k in net.exit_keys}
     finally:
         torch.set_num_threads(previous)
     return CostTable("ms", backbone, heads, policy)

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from tandemseg.errors import TandemsegError
-from tandemseg.exits.costs import eval_mode
+from tandemseg.exits.costs import median_ms, eval_mode
 from tandemseg.exits.network import FINAL, MultiExitSegmenter
 from tandemseg.models.blocks import resize
-from tandemseg.models.onnx_export import AntialiasResize, device_input_hw
+from tandemseg.models.onnx_export import AntialiasResize, device_input_hw, onnx_latency
 
 
 def output_name(key: str) -> str:
@@ -88,4 +88,26 @@ def exits_onnx_parity(net: MultiExitSegmenter, path: str | Path, frames: torch.T
             onnx_logits = got[output_name(k)]
             out[k] = {"max_abs_diff": float(np.abs(onnx_logits - ref).max()),
                       "argmax_agreement": float((onnx_logits.argmax(1) == ref.argmax(1)).mean())}
+    return out
+
+
+@torch.inference_mode()
+def exit_latencies(net: MultiExitSegmenter, keys: Sequence[str], input_hw: tuple[int, int], folder: str | Path, threads: int = 1,
+                   warmup: int = 3, runs: int = 10) -> dict[str, dict]:
+    """Per exit, the budgeted submodel (frame -> that exit's full-size logits, nothing past its stage): median CPU ms in
+    PyTorch and in ONNX Runtime (one graph per exit, written to `folder`), and the ONNX graph's parity."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {}
+    try:
+        frame = torch.rand(1, 3, *input_hw)
+        for k in keys:
+            path = export_exits_onnx(net, Path(folder) / f"{k}.onnx", [k], input_hw)
+            graph = ExitGraph(net, [k], input_hw)
+            with eval_mode(net):
+                torch_ms = median_ms(lambda g=graph: g(frame), warmup, runs)
+            out[k] = {"torch_ms": torch_ms, "onnx_ms": onnx_latency(path, input_hw, threads, warmup, runs),
+                      **exits_onnx_parity(net, path, frame, [k], threads)[k]}
+    finally:
+        torch.set_num_threads(previous)
     return out

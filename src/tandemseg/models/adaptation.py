@@ -81,12 +81,29 @@ def adapted_state_names(model: nn.Module, which: str = "norm") -> list[str]:
     return sorted(names)
 
 
-def set_adaptation_mode(model: nn.Module) -> None:
-    """BatchNorm on batch statistics (Tent), everything else in eval mode (no dropout on test frames)."""
+def set_adaptation_mode(model: nn.Module, norm: str = "batch") -> None:
+    """Eval mode (no dropout on test frames); with norm 'batch' or 'frame', BatchNorm on the statistics of what it is
+    given (Tent; 'frame' callers give one frame at a time), with 'running' on the statistics it was trained with."""
     model.eval()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.train()
+    if norm in ("batch", "frame"):
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.train()
+
+
+def freeze_running_statistics(model: nn.Module) -> None:
+    """BatchNorm running statistics never move again (momentum 0), whatever mode the layers run in."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.0
+
+
+def forward_per_frame(model: nn.Module, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """The device's coarse logits (N, C, h, w); with norm 'frame' every frame is normalised alone (one forward each)."""
+    set_adaptation_mode(model, norm)
+    if norm == "frame":
+        return torch.cat([model.forward_coarse(x[i:i + 1]) for i in range(x.shape[0])])
+    return model.forward_coarse(x)
 
 
 def only_train(model: nn.Module, params: dict[str, nn.Parameter]) -> list[nn.Parameter]:

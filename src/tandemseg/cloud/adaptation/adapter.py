@@ -15,6 +15,7 @@ from tandemseg.models.adaptation import (
     adapted_parameters,
     adapted_state_names,
     distillation_loss,
+    forward_per_frame,
     foundation_loss,
     frame_entropy,
     only_train,
@@ -22,6 +23,7 @@ from tandemseg.models.adaptation import (
 )
 from tandemseg.cloud.adaptation.replay import ReplayBuffer
 from tandemseg.data.tensors import to_tensor
+from tandemseg.models.adaptation import freeze_running_statistics
 from tandemseg.models.blocks import resize
 from tandemseg.wire.weights import state_hash
 
@@ -41,8 +43,12 @@ class Adapter:
         self.foundation = copy.deepcopy(foundation).float()
         self._foundation_start = copy.deepcopy(self.foundation.state_dict())
         self.student = copy.deepcopy(device_model).float().eval()
+        if config.student_norm == "frame":  # its running statistics are never used: keep them the shipped ones
+            freeze_running_statistics(self.student)
         self.base_hash = state_hash(self.student.state_dict())
-        self.names = adapted_state_names(self.student, config.params)
+        # only with 'batch' do the student's running statistics matter to the device: otherwise the update carries parameters only
+        self.names = (adapted_state_names(self.student, config.params) if config.student_norm == "batch"
+                      else sorted(adapted_parameters(self.student, config.params)))
         f_params = only_train(self.foundation, adapted_parameters(self.foundation, config.params))
         s_params = only_train(self.student, adapted_parameters(self.student, config.params))
         self.f_opt = torch.optim.SGD(f_params, lr=config.foundation_lr, momentum=0.9)
@@ -72,7 +78,7 @@ class Adapter:
         return x if s == 1 else resize(x, (max(1, round(x.shape[-2] * s)), max(1, round(x.shape[-1] * s))))
 
     def _adapt_foundation(self, x: torch.Tensor) -> float:
-        set_adaptation_mode(self.foundation)
+        set_adaptation_mode(self.foundation, self.config.foundation_norm)
         logits = self.foundation(self._foundation_input(x))  # (B, C, h, w)
         mean_entropy = float(frame_entropy(logits.detach()).mean())
         if mean_entropy > self.config.reset_entropy * math.log(self.num_classes):
@@ -88,9 +94,8 @@ class Adapter:
 
     def _distil(self, x: torch.Tensor) -> float:
         with torch.no_grad():
-            teacher = self.foundation(self._foundation_input(x))  # (N, C, h, w), BatchNorm on batch statistics
-        set_adaptation_mode(self.student)
-        student = self.student.forward_coarse(x)  # (N, C, h', w')
+            teacher = self.foundation(self._foundation_input(x))  # (N, C, h, w)
+        student = forward_per_frame(self.student, x, self.config.student_norm)  # (N, C, h', w')
         loss = distillation_loss(student, teacher, self.config.alpha, self.config.beta, self.config.e_margin)
         self.s_opt.zero_grad(set_to_none=True)
         loss.backward()

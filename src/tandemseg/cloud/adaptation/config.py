@@ -9,6 +9,7 @@ from tandemseg.errors import SpecError
 PARAM_SETS = ("norm", "all")
 EVICTIONS = ("fifo", "reservoir")
 SCOPES = ("device", "fleet")
+NORM_MODES = ("running", "frame", "batch")
 
 
 @dataclass
@@ -16,6 +17,13 @@ class AdaptConfig:
     # which tensors adapt: 'norm' = normalisation layers' affine parameters (Tent; the student also moves their
     # running statistics, which are part of the update), 'all' = every parameter (large updates, not advised)
     params: str = "norm"
+    # BatchNorm while adapting. 'running': the statistics the model was trained with (only affine parameters move).
+    # 'frame': each frame normalised with its own statistics, as a device running BN adaptation does; the student
+    # then learns under the very normalisation it is deployed with, and the device runs that way (the default:
+    # per-frame statistics alone are the strongest device-only baseline on CamVid train streams, docs/results/adaptation.md).
+    # 'batch': the batch's statistics (Tent); the student's running statistics then follow the stream and are pushed too.
+    foundation_norm: str = "running"
+    student_norm: str = "frame"
     foundation_lr: float = 1e-4  # SGD on the foundation (cloud) model's adapted parameters, entropy minimisation
     student_lr: float = 1e-3  # Adam on the student (device copy), distillation
     batch: int = 4  # uploads per adaptation step: the cloud adapts once this many new frames of a device arrived
@@ -35,7 +43,8 @@ class AdaptConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, valid in (("params", PARAM_SETS), ("eviction", EVICTIONS), ("scope", SCOPES)):
+        for name, valid in (("params", PARAM_SETS), ("eviction", EVICTIONS), ("scope", SCOPES), ("foundation_norm", NORM_MODES),
+                            ("student_norm", NORM_MODES)):
             if getattr(self, name) not in valid:
                 raise SpecError(f"adaptation {name} {getattr(self, name)!r} is not one of {', '.join(valid)}")
         if self.batch < 1 or self.replay < 0 or self.student_steps < 1 or self.buffer_frames < 1 or self.max_devices < 1:
