@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import typer
 
@@ -73,6 +74,11 @@ def adapt(
     keys = ("device_miou", "final_device_miou", "uploads", "upload_rate", "bytes_up", "bytes_down", "updates_applied", "frames",
             "device_ms_median")
     out.print(metrics_table(f"adaptation {method} on {data} {split} {stream}", result, keys))
+    cms, sources = result.pop("frame_cms"), result.pop("source_frames")
+    if json_path is not None:  # per-frame confusion matrices next to the JSON: the report's paired bootstrap reads them
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(json_path.with_suffix(".cms.npz"), cms=cms, source=np.array(sources))
+        result["frame_cms_file"] = json_path.with_suffix(".cms.npz").name
     write_json(json_path, result)
     if plot:
         plot_adaptation([result], plot, f"{method}: online device mIoU, {stream}")

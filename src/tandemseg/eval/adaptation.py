@@ -35,6 +35,7 @@ from tandemseg.device.steps import LiveModel
 from tandemseg.device.weights import WeightUpdater
 from tandemseg.errors import SpecError
 from tandemseg.eval.metrics import ConfusionMatrix
+from tandemseg.exits.calibrate import frame_confusion
 from tandemseg.heap import HeapTrimmer
 
 ADAPT_METHODS = ("none", "bn", "tent", "cema", "upload-all")
@@ -91,12 +92,14 @@ def run_adaptation(method: str, stream: SegDataset, setup: AdaptSetup, link: Clo
     per_condition: dict[str, ConfusionMatrix] = {}
     windows: list[ConfusionMatrix] = []
     device_ms, uploads, bytes_up, bytes_down = [], 0, 0, 0
+    frame_cms = np.zeros((len(stream), classes.num_classes, classes.num_classes), dtype=np.int64)  # for paired bootstraps
     trim = HeapTrimmer()
     for i in range(len(stream)):
         sample = stream[i]
         handle = runtime.process(sample.image, i)
         pred = handle.device.pred  # the device's own map, under the weights in force now
         online.update(pred, sample.label)
+        frame_cms[i] = frame_confusion(pred, sample.label, classes.num_classes, classes.ignore_index)
         per_condition.setdefault(_condition(stream, i), ConfusionMatrix(classes.num_classes, classes.ignore_index)).update(pred, sample.label)
         if i % setup.window == 0:
             windows.append(ConfusionMatrix(classes.num_classes, classes.ignore_index))
@@ -113,7 +116,9 @@ def run_adaptation(method: str, stream: SegDataset, setup: AdaptSetup, link: Clo
     weights = runtime.weights.stats if runtime.weights is not None else None
     runtime.close()
     frames = len(stream)
+    source = getattr(stream, "source_index", lambda i: i)
     return {
+        "frame_cms": frame_cms, "source_frames": [int(source(i)) for i in range(frames)],
         "method": method, "frames": frames, "device_miou": online.miou(), "final_device_miou": final,
         "uploads": uploads, "upload_rate": uploads / frames if frames else 0.0, "bytes_up": bytes_up, "bytes_down": bytes_down,
         "updates_applied": weights.applied if weights else 0, "updates_rejected": weights.rejected if weights else 0,
