@@ -30,7 +30,12 @@ from tandemseg.device.local_adapt import local_step
 from tandemseg.device.weights import WeightUpdater
 from tandemseg.errors import SpecError
 from tandemseg.eval.adaptation import AdaptSetup, run_adaptation
-from tandemseg.models.adaptation import adapted_parameters, adapted_state_names, distillation_loss, reliability_weight
+from tandemseg.models.adaptation import (
+    adapted_parameters,
+    adapted_state_names,
+    distillation_loss,
+    reliability_weight,
+)
 from tandemseg.wire import http as wire
 from tandemseg.wire.weights import UpdateMessage, encode_update
 

@@ -135,10 +135,19 @@ def test_card_names_unknown_kind(device_ckpt: Path) -> None:
         load_checkpoint(device_ckpt)
 
 
+def forget_digest(folder: Path) -> None:
+    card = json.loads((folder / CARD).read_text())
+    del card["weights_sha256"]
+    (folder / CARD).write_text(json.dumps(card))
+
+
 def test_weights_from_another_kind(tmp_path: Path, device_ckpt: Path) -> None:
     """A device card beside cloud weights: the tensor names differ."""
     cloud = save(tmp_path / "cloud", trained_like("cloud", CLOUD_TINY), "cloud")
     shutil.copy(cloud / WEIGHTS, device_ckpt / WEIGHTS)
+    with pytest.raises(CheckpointError, match="does not match the sha256 its card records"):
+        load_checkpoint(device_ckpt)  # the card's digest catches the swap first
+    forget_digest(device_ckpt)  # a card from before digests: the names and shapes still catch it
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(device_ckpt)
     msg = str(e.value)
@@ -150,6 +159,7 @@ def test_weights_from_a_wider_model_of_the_same_kind(tmp_path: Path, device_ckpt
     """Same tensor names, different shapes: the message names the tensor and both shapes."""
     wider = save(tmp_path / "wide", trained_like("device", {**DEVICE_TINY, "head_channels": 24}), "device")
     shutil.copy(wider / WEIGHTS, device_ckpt / WEIGHTS)
+    forget_digest(device_ckpt)
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(device_ckpt)
     msg = str(e.value)

@@ -4,6 +4,7 @@ IndexError or struct.error."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -178,6 +179,11 @@ def test_load_refuses_tampered_truncated_or_missing_files(saved, tmp_path: Path)
     state = load_file(str(folder / "weights.safetensors"))
     state["decoder.head.classifier.bias"] = state["decoder.head.classifier.bias"] + 1
     save_file(state, str(copy / "weights.safetensors"))
+    with pytest.raises(CodecCheckpointError, match="sha256 its card records"):
+        load_codec(copy)  # the card's weights digest catches the edit first
+    card = json.loads((copy / "card.json").read_text())
+    del card["weights_sha256"]  # without it (a card from before digests), the codec id still does
+    (copy / "card.json").write_text(json.dumps(card))
     with pytest.raises(CodecCheckpointError, match="codec id"):
         load_codec(copy)
     state["decoder.head.classifier.bias"] = torch.zeros(3)

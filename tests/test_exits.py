@@ -348,3 +348,16 @@ def test_exits_stay_below_device_in_the_layers() -> None:
                 assert not node.module.startswith(upward), f"{path.name} imports {node.module}"
                 if path.name == "confidence.py":
                     assert not node.module.startswith("tandemseg"), "confidence.py must stay import-light for device/"
+
+
+def test_exit_policies_pick_the_first_confident_exit_and_the_oracle_the_first_good_one() -> None:
+    from tandemseg.eval.exit_policies import exit_at_threshold, oracle_exit
+
+    score = np.array([[0.9, 0.2, 1.0], [0.1, 0.95, 1.0], [0.1, 0.2, 1.0]])  # 3 frames x (2 early exits + final)
+    assert exit_at_threshold(score, 0.9).tolist() == [0, 1, 2]
+    assert exit_at_threshold(score, 0.0).tolist() == [0, 0, 0]
+    cms = np.zeros((2, 3, 2, 2), dtype=np.int64)
+    cms[:, :, 0, 0] = [[5, 9, 9], [9, 7, 10]]  # correct pixels per exit
+    cms[:, :, 0, 1] = [[5, 1, 1], [1, 3, 0]]  # wrong pixels per exit (10 labelled pixels each)
+    assert oracle_exit(cms, 0.0).tolist() == [1, 2]  # frame 0: exit 1 is as good as the final; frame 1: only the final
+    assert oracle_exit(cms, 0.15).tolist() == [1, 0]

@@ -98,3 +98,53 @@ def test_exits_train_search_eval_commands(tmp_path: Path, monkeypatch, capsys) -
     code, _, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--device-ckpt", str(DEVICE), "--cloud-ckpt",
                             str(REPO / "checkpoints/synthetic-cloud"), "--sweep", "0.1", "--mess-ckpt", str(searched), "--limit", "3")
     assert code == 2 and "single runs" in err
+
+
+@pytest.mark.skipif(not (DEVICE / "card.json").is_file(), reason="committed synthetic checkpoints not present")
+def test_frozen_cloud_exits_policies_and_bench(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Stage 2 straight on a plain (cloud) checkpoint, Table 5's control rows, Fig. 4's policies, per-exit bench."""
+    cloud, s2 = REPO / "checkpoints/synthetic-cloud", tmp_path / "cloud-s2"
+    common = ["--data", "synthetic", "--epochs", "1", "--val-limit", "2", "--train-limit", "4"]
+    code, _, err = run_main(monkeypatch, capsys, "exits", "train", "--stage", "2", "--base-ckpt", str(cloud), "--out", str(s2),
+                            "--heads", "crm1-b0-rdi0-fcn", "--exits", "2", *common)
+    assert code == 0, err
+    assert json.loads((s2 / "card.json").read_text())["kind"] == "cloud"  # the MESS card keeps the base's kind
+    code, _, err = run_main(monkeypatch, capsys, "collab", "--data", "synthetic", "--device-ckpt", str(DEVICE), "--cloud-ckpt", str(cloud),
+                            "--policy", "entropy", "--mess-ckpt", str(s2), "--limit", "2")
+    assert code == 2 and "device one" in err, err  # a multi-exit cloud model is not a device
+    code, _, err = run_main(monkeypatch, capsys, "exits", "train", "--stage", "1", "--exit-loss", "final", "--base-ckpt", str(DEVICE),
+                            "--out", str(tmp_path / "single"), "--exits", "2", *common)
+    assert code == 0, err
+    code, _, err = run_main(monkeypatch, capsys, "exits", "train", "--stage", "1", "--exit-loss", "some", "--base-ckpt", str(DEVICE),
+                            "--out", str(tmp_path / "bad"), *common)
+    assert code == 2 and "dropout, all, final" in err
+    curves = tmp_path / "policies.json"
+    code, _, err = run_main(monkeypatch, capsys, "exits", "policies", "--ckpt", str(s2), "--data", "synthetic", "--limit", "3",
+                            "--shift", "clean", "--shift", "fog:3", "--json", str(curves), "--plot", str(tmp_path / "p.png"))
+    assert code == 0, err
+    runs = json.loads(curves.read_text())["runs"]
+    assert set(runs) == {"clean", "fog:3"} and (tmp_path / "p.png").is_file()
+    clean = runs["clean"]
+    assert set(clean["curves"]) == {"confidence_eq9", "confidence", "mean_confidence", "oracle"}
+    strict = clean["curves"]["confidence"][-1]  # threshold 1.0: (almost) never early
+    assert strict["gflops"] >= clean["final"]["gflops"]  # running to the end costs the final exit plus every check on the way
+    bench = tmp_path / "bench.json"
+    code, _, err = run_main(monkeypatch, capsys, "bench", "exits", "--ckpt", str(s2), "--runs", "1", "--height", "64", "--width", "96",
+                            "--json", str(bench))
+    assert code == 0, err
+    rows = json.loads(bench.read_text())["exits"]
+    assert list(rows)[-1] == FINAL and all(r["max_abs_diff"] < 1e-3 and r["onnx_ms"] > 0 and r["torch_ms"] > 0 for r in rows.values())
+    assert rows[FINAL]["gflops"] > min(r["gflops"] for r in rows.values())
+
+
+@pytest.mark.skipif(not (REPO / "checkpoints/synthetic-device-mess/card.json").is_file(), reason="committed MESS checkpoint absent")
+def test_the_committed_synthetic_mess_device_runs_in_the_runtime() -> None:
+    from tandemseg.data.synthetic import SyntheticScenes
+    from tandemseg.device.steps import load_exit_model
+
+    step = load_exit_model(REPO / "checkpoints/synthetic-device-mess")
+    scenes = SyntheticScenes("val", frames=6)
+    rt = DeviceRuntime(step, make_policy("entropy"), make_controller(BudgetSpec(rate=0.0)), None)
+    results = [rt.finish(rt.process(scenes[i].image, i)) for i in range(6)]
+    assert all(r.label.shape == scenes[0].label.shape and r.device_gflops is not None for r in results)
+    assert {r.exit for r in results} <= {*step.config.exits, FINAL}

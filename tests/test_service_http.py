@@ -454,3 +454,62 @@ def test_a_bad_item_is_isolated_by_halves_not_one_by_one():
     out = asyncio.run(scenario())
     assert [o for i, o in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7] and isinstance(out[5], ValueError)
     assert len(calls) == 7 and calls[0] == list(range(8)) and [5] in calls
+
+
+def test_a_slow_client_is_refused_with_408_and_holds_no_slot() -> None:
+    """A body that trickles in past the read deadline gets a 408; the server keeps answering others meanwhile."""
+    import socket
+
+    service = CloudService(ModelSegmenter(tiny_cloud()), CAMVID)
+    limits = Limits(LIMITS.wire, max_inflight_per_device=16, read_timeout_s=0.5)
+    app = create_app(service, TokenMap.parse(TOKENS), limits, BatchConfig(max_batch=2, max_wait_ms=5))
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        headers, body = wire.encode_request(upload("dev1", 1, probs=False), TOK1)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            slow.sendall(f"POST {wire.SEGMENT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body[:10])
+            t0 = time.perf_counter()
+            assert post(client, upload("dev2", 2, probs=False), TOK2).status_code == 200  # others are served meanwhile
+            reply = slow.recv(4096).decode(errors="replace")
+            assert reply.startswith("HTTP/1.1 408") and "did not arrive" in reply, reply[:200]
+            assert time.perf_counter() - t0 < 5
+
+
+def test_a_request_past_its_queue_deadline_is_not_computed() -> None:
+    from tandemseg.cloud.batching import QueueTimeout
+
+    ran: list[int] = []
+
+    def slow_forward(items: list[int]) -> list[int]:
+        time.sleep(0.3)
+        ran.extend(items)
+        return items
+
+    async def main() -> list:
+        batcher = MicroBatcher(slow_forward, BatchConfig(max_batch=1, max_wait_ms=0, max_queue=8, max_queue_s=0.1))
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    assert results[0] == 0 and all(isinstance(r, QueueTimeout) and r.retry_after >= 1 for r in results[1:]), results
+    assert ran == [0]  # the late ones were never computed
+
+
+def test_no_route_lets_a_device_touch_another_devices_resources(server) -> None:
+    """Every route with a device id in its path, every method: another device's token gets 403, none gets 401."""
+    url, client = server
+    app = create_app(CloudService(ModelSegmenter(tiny_cloud()), CAMVID), TokenMap.parse(TOKENS))
+    routes = [(m, r.path) for r in app.routes if "{device_id}" in getattr(r, "path", "") for m in r.methods if m != "HEAD"]
+    assert {("GET", "/v1/devices/{device_id}/state"), ("PUT", "/v1/devices/{device_id}/state"), ("GET", "/v1/devices/{device_id}/model")} <= set(routes)
+    for method, path in routes:
+        target = path.replace("{device_id}", "dev1")
+        body = json.dumps({"u": np.eye(C).tolist()}) if method == "PUT" else None
+        foreign = client.request(method, target, headers={"Authorization": f"Bearer {TOK2}"}, content=body)
+        assert foreign.status_code == 403 and "dev2" in foreign.json()["error"], (method, path, foreign.text)
+        anonymous = client.request(method, target, content=body)
+        assert anonymous.status_code == 401, (method, path, anonymous.status_code)
+    assert client.get("/v1/devices/dev1/state", headers={"Authorization": f"Bearer {TOK1}"}).status_code == 200  # the owner may

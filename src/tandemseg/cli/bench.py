@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -397,3 +398,37 @@ def exits_cmd(
                  "| exit | GFLOPs | PyTorch ms | ONNX Runtime ms | ONNX max abs diff | argmax agreement |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {k} | {r['gflops']:.3f} | {r['torch_ms']:.1f} | {r['onnx_ms']:.1f} | {r['max_abs_diff']:.1e} | {r['argmax_agreement']:.4f} |" for k, r in rows.items()]
         markdown.write_text("\n".join(lines) + "\n")
+
+
+@app.command("adaptation")
+def adaptation_cmd(
+    device_ckpt: Annotated[Path, typer.Option("--device-ckpt", help="device checkpoint")],
+    threads: Annotated[int, typer.Option("--threads", min=1)] = 1,
+    height: Annotated[int, typer.Option("--height", min=32)] = 360,
+    width: Annotated[int, typer.Option("--width", min=32)] = 480,
+    runs: Annotated[int, typer.Option("--runs", min=1)] = 20,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
+) -> None:
+    """Device-side cost of adaptation: ms per frame of the shipped model, per-frame BatchNorm statistics (bn, and
+    CEMA's device), Tent, timed round-robin; and the ms and bytes of checking and swapping in one CEMA update."""
+    import torch
+
+    from tandemseg.eval.adaptation import device_step_latency
+    from tandemseg.models.adaptation import adapted_parameters
+    from tandemseg.models.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    model = load_checkpoint(device_ckpt, expect_kind="device").model
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    tensors = {k: v.detach().clone() for k, v in adapted_parameters(model).items()}
+    result = device_step_latency(model, frame, runs, update=(0, tensors))
+    table = Table(title=f"{device_ckpt}: device-side adaptation cost, {height}x{width}, {threads} thread(s), median of {runs}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:.1f}" if isinstance(v, float) else str(v))
+    out.print(table)
+    overhead = result["bn_ms"] / result["none_ms"] - 1
+    out.print(f"per-frame statistics (CEMA's device) cost {100 * overhead:+.1f}% per frame against the shipped model")
+    write_json(json_path, {"command": command_line(), "device_ckpt": str(device_ckpt), "threads": threads, "input_hw": [height, width],
+                           "runs": runs, "machine": machine_info(), **result, "bn_overhead": overhead})

@@ -196,7 +196,7 @@ def policies_cmd(
         n = len(dataset) if limit is None else min(limit, len(dataset))
         with progress() as bar:
             task = bar.add_task(f"exit policies, {s}", total=n, info="")
-            collected = collect_scores(ck.net, path, _counted(frames_and_labels(dataset, limit), lambda: bar.advance(task)),
+            collected = collect_scores(ck.net, path, _counted(frames_and_labels(dataset, limit), lambda t=task: bar.advance(t)),
                                        pixel_threshold, dataset.classes.ignore_index)
         runs[s] = policy_curves(collected, path, [ck.net.stage_of(k) for k in path], gflops_table(ck.net, tuple(dataset[0].image.shape[:2])))
         best = {name: max((p for p in pts if p["miou"] >= runs[s]["final"]["miou"] - 0.01), key=lambda p: -p["gflops"], default=None)

@@ -73,6 +73,15 @@ def exits(
     write_table(report.exits_tables, folder, out_path or folder / "tables.md")
 
 
+@app.command("adaptation")
+def adaptation(
+    folder: Path = typer.Argument(..., help="folder of `tandemseg adapt --json` files named sev<S>-<method>.json (scripts/adaptation_results.sh)"),
+    out_path: Path = typer.Option(None, "--out", help="where to write the tables (default: FOLDER/tables.md)"),
+) -> None:
+    """CEMA's comparison: online device mIoU with intervals, per corruption, uploads and bytes; curve PNGs."""
+    write_table(report.adaptation_tables, folder, out_path or folder / "tables.md")
+
+
 @app.command("field")
 def field(
     path: Path = typer.Argument(..., help="a JSON results file"),

@@ -52,6 +52,9 @@ def serve(
     metrics_public: bool = typer.Option(False, help="answer /metrics for every client (default: loopback clients only)"),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)"),
     warmup: str = typer.Option(None, help="HxW: run every batch size once at this frame size before serving (no first-request stalls)"),
+    adapt_device_ckpt: Path = typer.Option(None, "--adapt", help="CEMA: adapt on uploads and distil into this device checkpoint; "
+                                            "devices fetch the adapted weights from GET /v1/devices/{id}/model"),
+    adapt_option: list[str] = typer.Option([], "--adapt-option", help="--adapt: a setting key=value (cloud/adaptation/config.py), repeatable"),
     ray: bool = typer.Option(False, "--ray", help="deploy on Ray Serve instead of one uvicorn process"),
     replicas: int = typer.Option(1, min=1, help="--ray: segmenter replicas"),
     autoscale: str = typer.Option(None, help="--ray: MIN:MAX replicas, autoscaled by Ray Serve (overrides --replicas)"),
@@ -71,6 +74,8 @@ def serve(
     initial_u, settings = initial_u_and_dcam_settings(uncertainty, cloud_ckpt)
     if ray and codec_ckpt:
         raise SpecError("--codec-ckpt is served by the uvicorn server; the Ray deployment decodes images only (drop --ray)")
+    if ray and adapt_device_ckpt:
+        raise SpecError("--adapt runs in the uvicorn server's background worker; adaptation is not deployed on Ray Serve yet (drop --ray)")
     if ray:
         _serve_ray(cloud_ckpt, token_map, limits, batching, dcam_alpha, initial_u, settings, host, port, replicas, autoscale,
                    replica_cpus, threads, ray_address)
@@ -92,7 +97,9 @@ def serve(
         feature_codec = load_codec(codec_ckpt).codec
         if feature_codec.cfg.num_classes != ck.classes.num_classes:
             raise SpecError(f"{codec_ckpt} predicts {feature_codec.cfg.num_classes} classes but {cloud_ckpt} predicts {ck.classes.num_classes}")
-    service = CloudService(ModelSegmenter(ck.model, feature_codec), ck.classes, dcam_alpha=dcam_alpha, initial_u=initial_u, dcam_settings=settings)
+    adaptation = _adaptation(ck, adapt_device_ckpt, adapt_option) if adapt_device_ckpt else None
+    service = CloudService(ModelSegmenter(ck.model, feature_codec), ck.classes, dcam_alpha=dcam_alpha, initial_u=initial_u, dcam_settings=settings,
+                           adaptation=adaptation)
     if warmup:
         from tandemseg.cloud.app import warm_up
 
@@ -102,6 +109,19 @@ def serve(
     console.print(f"serving {cloud_ckpt} on http://{host}:{port} for devices {', '.join(token_map.devices)} "
                   f"(batch <= {max_batch}, wait <= {max_wait_ms} ms, DCAM alpha {dcam_alpha} with {settings}, torch threads {torch.get_num_threads()})")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _adaptation(cloud, device_ckpt: Path, options: list[str]):
+    """The CEMA worker of `serve --adapt`: the cloud model adapts, a copy of the device checkpoint is the student."""
+    from tandemseg.cli.adapt import parse_options
+    from tandemseg.cloud.adaptation.config import AdaptConfig
+    from tandemseg.cloud.adaptation.service import AdaptationService
+    from tandemseg.models.checkpoint import load_checkpoint
+
+    config = AdaptConfig.from_options(parse_options(options))
+    device = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=cloud.classes).model
+    console.print(f"adaptation on: student {device_ckpt}, {config.to_json()}")
+    return AdaptationService(cloud.model, device, cloud.classes.num_classes, config)
 
 
 def _parse_hw(text: str) -> tuple[int, int]:

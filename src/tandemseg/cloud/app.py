@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -54,6 +55,7 @@ class Limits:
     wire: wire.WireLimits = field(default_factory=wire.WireLimits)
     max_inflight_per_device: int = 32  # one device cannot fill the whole queue (429 beyond this)
     metrics_public: bool = False  # False: /metrics answers loopback clients only (it shows load and device counts)
+    read_timeout_s: float = 10.0  # a request body not received within this is refused (408): slow clients hold no slot
 
 
 class Backend(Protocol):
@@ -242,7 +244,12 @@ def create_app(service: Any, tokens: TokenMap, limits: Limits = Limits(), batchi
             inflight[device] -= 1
 
     async def _segment(request: Request, device: str) -> Response:
-        body = await read_body(request, limits.wire.max_body_bytes)
+        if backend.queue_depth() >= batching.max_queue:  # admission before reading or decoding anything
+            return error(503, f"{backend.queue_depth()} frames are waiting; retry later", {"Retry-After": "1"})
+        try:
+            body = await asyncio.wait_for(read_body(request, limits.wire.max_body_bytes), limits.read_timeout_s)
+        except TimeoutError:
+            return error(408, f"the request body did not arrive within {limits.read_timeout_s:g} s")
         metrics.bytes_in.inc(len(body))
         upload = wire.decode_request(request.headers, body, device, limits.wire)
         if upload.device_probs_shape is not None and upload.device_probs_shape[0] != backend.num_classes:

@@ -27,10 +27,13 @@ class BatchConfig:
     max_wait_ms: float = 10.0
     max_queue: int = 64  # requests waiting (not yet in a batch); beyond this -> Overloaded
     pipeline: int = 1  # batches in flight at once: 2 lets one batch's per-frame work overlap the next forward
+    max_queue_s: float = 30.0  # a request that waited longer than this for a batch is answered 503 instead of computed
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or not 0 <= self.max_wait_ms <= 10_000 or not 1 <= self.pipeline <= 8:
-            raise ValueError(f"invalid batching config {self}: max_batch, max_queue >= 1, 0 <= max_wait_ms <= 10000, 1 <= pipeline <= 8")
+        if self.max_batch < 1 or self.max_queue < 1 or not 0 <= self.max_wait_ms <= 10_000 or not 1 <= self.pipeline <= 8 \
+                or not self.max_queue_s > 0:
+            raise ValueError(f"invalid batching config {self}: max_batch, max_queue >= 1, 0 <= max_wait_ms <= 10000, 1 <= pipeline <= 8, "
+                             "max_queue_s > 0")
 
 
 class Overloaded(Exception):
@@ -45,6 +48,14 @@ class ShuttingDown(Exception):
     """The batcher stopped before the request ran."""
 
 
+class QueueTimeout(Overloaded):
+    """The request waited in the queue past `max_queue_s`; it was not computed (the device has moved on)."""
+
+    def __init__(self, waited: float, retry_after: float) -> None:
+        Exception.__init__(self, f"waited {waited:.1f} s in the queue (limit reached); not computed, retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
 class MicroBatcher(Generic[T, R]):
     """Collects items into batches of up to `max_batch`, waiting at most `max_wait_ms` after the first.
 
@@ -57,7 +68,7 @@ class MicroBatcher(Generic[T, R]):
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.fn, self.config, self.on_batch = fn, config, on_batch
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] | None = None
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]] | None = None
         self._workers: list[asyncio.Task] = []
         self._collecting: asyncio.Lock | None = None  # one worker gathers a batch at a time: no split batches
         self._batch_seconds = 0.05  # running estimate of one batch's duration, for Retry-After
@@ -82,7 +93,7 @@ class MicroBatcher(Generic[T, R]):
                 pass
         self._workers = []
         while self._queue is not None and not self._queue.empty():
-            _, fut = self._queue.get_nowait()
+            _, fut, _ = self._queue.get_nowait()
             if not fut.done():
                 fut.set_exception(ShuttingDown("the server is shutting down"))
 
@@ -96,7 +107,7 @@ class MicroBatcher(Generic[T, R]):
             raise ShuttingDown("the batcher is not running")
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait((item, fut))
+            self._queue.put_nowait((item, fut, time.monotonic()))
         except asyncio.QueueFull:
             raise Overloaded(self.retry_after()) from None
         return await fut
@@ -119,7 +130,15 @@ class MicroBatcher(Generic[T, R]):
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-        return [(item, fut) for item, fut in batch if not fut.cancelled()]  # a client that hung up needs no work
+        now, fresh = time.monotonic(), []
+        for item, fut, queued in batch:
+            if fut.cancelled():  # a client that hung up needs no work
+                continue
+            if now - queued > self.config.max_queue_s:  # past its deadline: say so rather than compute it late
+                _resolve(fut, error=QueueTimeout(now - queued, self.retry_after()))
+                continue
+            fresh.append((item, fut))
+        return fresh
 
     async def _run(self) -> None:
         assert self._collecting is not None

@@ -23,7 +23,7 @@ from tandemseg.codec.config import CodecConfig
 from tandemseg.codec.errors import CodecCheckpointError, CodecError
 from tandemseg.codec.model import FeatureCodec
 from tandemseg.jsonio import write_json
-from tandemseg.models.checkpoint import git_commit, read_json_card, read_weights
+from tandemseg.models.checkpoint import file_sha256, git_commit, read_json_card, read_weights
 
 CARD_VERSION = 1
 KIND = "codec"
@@ -77,7 +77,7 @@ def save_codec(folder: str | Path, codec: FeatureCodec, device_hash: str, *, dat
     card = {
         "format_version": CARD_VERSION, "kind": KIND, "config": codec.cfg.to_json(),
         "codec_id": codec.codec_id, "device_hash": device_hash, "parameters": codec.parameter_counts(),
-        "weights_dtype": "float32", "reparameterized": codec.is_reparameterized, "data": data, "recipe": recipe, "metrics": metrics or {},
+        "weights_dtype": "float32", "weights_sha256": file_sha256(folder / WEIGHTS), "reparameterized": codec.is_reparameterized, "data": data, "recipe": recipe, "metrics": metrics or {},
         "commit": git_commit(), "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), **(extra or {}),
     }
     write_json(folder / CARD, card)

@@ -21,7 +21,13 @@ from torch import nn
 from tandemseg.data.tensors import to_tensor
 from tandemseg.device.steps import DeviceOutput, check_frame
 from tandemseg.errors import SpecError
-from tandemseg.models.adaptation import adapted_parameters, forward_per_frame, frame_entropy, freeze_running_statistics, only_train
+from tandemseg.models.adaptation import (
+    adapted_parameters,
+    forward_per_frame,
+    frame_entropy,
+    freeze_running_statistics,
+    only_train,
+)
 from tandemseg.models.blocks import resize
 
 LOCAL_METHODS = ("bn", "tent")

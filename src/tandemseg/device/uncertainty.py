@@ -27,6 +27,7 @@ it is the Gini impurity 1 - sum_c p_c^2, a cousin of entropy; the fitted U learn
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -290,8 +291,10 @@ class UncertaintyMatrix:
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             **{k: (v if isinstance(v, str) else json.dumps(json_safe(v))) for k, v in self.meta.items()},
         }
+        u32 = np.ascontiguousarray(self.u, dtype="<f4")
+        meta["sha256"] = hashlib.sha256(u32.tobytes()).hexdigest()  # safetensors has no checksum: a flipped bit must not load
         tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({"U": self.u.astype(np.float32)}, str(tmp), metadata=meta)
+        save_file({"U": u32}, str(tmp), metadata=meta)
         tmp.replace(path)
         return path
 
@@ -320,6 +323,9 @@ class UncertaintyMatrix:
                 f"{path} was fitted for {classes.num_classes} classes {list(classes.names)[:3]}... but the model predicts "
                 f"{expect_classes.num_classes} classes {list(expect_classes.names)[:3]}...; fit U for this device model"
             )
+        digest = meta.pop("sha256", None)
+        if digest is not None and hashlib.sha256(np.ascontiguousarray(tensors["U"], dtype="<f4").tobytes()).hexdigest() != digest:
+            raise UncertaintyError(f"{path}: U does not match the sha256 saved with it (damaged or altered); refit it with `tandemseg fit-uncertainty`")
         version = int(meta.pop("version", "0"))
         for k in ("format", "format_version", "created"):
             meta.pop(k, None)

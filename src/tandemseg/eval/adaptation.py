@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from tandemseg.errors import SpecError
 from tandemseg.eval.metrics import ConfusionMatrix
 from tandemseg.exits.calibrate import frame_confusion
 from tandemseg.heap import HeapTrimmer
+from tandemseg.wire.weights import encode_update
 
 ADAPT_METHODS = ("none", "bn", "tent", "cema", "upload-all")
 CLOUD_METHODS = ("cema", "upload-all")
@@ -150,3 +152,32 @@ def _condition(stream: SegDataset, i: int) -> str:
     at = getattr(stream, "condition_at", None)
     shift = at(i) if at is not None else None
     return "clean" if shift is None else str(shift)
+
+
+def device_step_latency(device_model: nn.Module, frame: np.ndarray, runs: int = 20, warmup: int = 3,
+                        update: tuple[int, dict] | None = None) -> dict[str, float]:
+    """Median ms per frame of each device-side model step, timed round-robin (one frame of each in turn, so load
+    changes hit all alike): the shipped model, per-frame BatchNorm statistics (bn; CEMA's device runs this way),
+    Tent; and, with `update` = (version, tensors), the ms to check and swap in one weight update."""
+    steps = {"none": LiveModel(copy.deepcopy(device_model).eval()), "bn": FrameNormModel(copy.deepcopy(device_model).eval()),
+             "tent": TentModel(copy.deepcopy(device_model).eval())}
+    for step in steps.values():
+        for _ in range(warmup):
+            step.run(frame, 0)
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(runs):
+        for name, step in steps.items():
+            times[name].append(step.run(frame, 0).device_ms)
+    out = {f"{k}_ms": statistics.median(v) for k, v in times.items()}
+    if update is not None:
+        version, tensors = update
+        swaps = []
+        for v in range(1, runs + 1):
+            updater = WeightUpdater(copy.deepcopy(device_model), "bench")
+            message = encode_update("bench", version + v, updater.base_hash, tensors)
+            t0 = time.perf_counter()
+            updater.offer(message)
+            swaps.append((time.perf_counter() - t0) * 1e3)
+        out["update_apply_ms"] = statistics.median(swaps)
+        out["update_bytes"] = len(message.payload)
+    return out

@@ -29,6 +29,7 @@ from tandemseg.device.link import InProcessLink
 from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.steps import make_device_steps
+from tandemseg.errors import DataError
 from tandemseg.eval.metrics import ConfusionMatrix
 from tandemseg.heap import HeapTrimmer
 from tandemseg.models.flops import count_gflops
@@ -69,8 +70,8 @@ class CollabCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(
-            tmp, probs=_stack([p.numpy() for p in self.probs]), device_cm=self.device_cm, cloud_cm=self.cloud_cm,
-            cloud_pred=_stack(self.cloud_pred), bytes_up=self.bytes_up, bytes_down=self.bytes_down,
+            tmp, **_arrays("probs", [p.numpy() for p in self.probs]), device_cm=self.device_cm, cloud_cm=self.cloud_cm,
+            **_arrays("cloud_pred", self.cloud_pred), bytes_up=self.bytes_up, bytes_down=self.bytes_down,
             device_ms=self.device_ms, cloud_ms=self.cloud_ms, groups=self.sources,
             meta=np.array(json.dumps({"classes": self.classes.to_json(), "conditions": self.conditions, "info": self.info})),
         )
@@ -78,22 +79,31 @@ class CollabCache:
 
     @classmethod
     def load(cls, path: Path) -> CollabCache:
-        z = np.load(path, allow_pickle=True)  # our own file; object arrays hold frames of mixed sizes
-        meta = json.loads(str(z["meta"]))
+        try:  # never unpickle: a cache directory may come from anywhere
+            z = np.load(path, allow_pickle=False)
+            meta = json.loads(str(z["meta"]))
+            probs, cloud_pred = _unarrays(z, "probs"), _unarrays(z, "cloud_pred")
+        except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{path} is not a readable collab cache ({str(e)[:120]}); delete it and it is rebuilt") from None
         return cls(
-            ClassTable.from_json(meta["classes"]), [torch.from_numpy(p) for p in z["probs"]], z["device_cm"], z["cloud_cm"],
-            list(z["cloud_pred"]), z["bytes_up"], z["bytes_down"], z["device_ms"], z["cloud_ms"], meta["conditions"], meta["info"],
+            ClassTable.from_json(meta["classes"]), [torch.from_numpy(p) for p in probs], z["device_cm"], z["cloud_cm"],
+            cloud_pred, z["bytes_up"], z["bytes_down"], z["device_ms"], z["cloud_ms"], meta["conditions"], meta["info"],
             z["groups"] if "groups" in z else None,
         )
 
 
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    """One array when all frames share a size, else an object array (streams of mixed sizes)."""
+def _arrays(name: str, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """One stacked array when all frames share a size, else one array per frame (`name/i`): no object arrays, so
+    loading never needs pickle."""
     if len({a.shape for a in arrays}) == 1:
-        return np.stack(arrays)
-    out = np.empty(len(arrays), dtype=object)
-    out[:] = arrays
-    return out
+        return {name: np.stack(arrays)}
+    return {f"{name}/{i}": a for i, a in enumerate(arrays)} | {f"{name}/count": np.array(len(arrays))}
+
+
+def _unarrays(z, name: str) -> list[np.ndarray]:
+    if name in z:
+        return list(z[name])
+    return [z[f"{name}/{i}"] for i in range(int(z[f"{name}/count"]))]
 
 
 def frame_cm(pred: np.ndarray, label: np.ndarray, classes: ClassTable) -> np.ndarray:

@@ -115,7 +115,7 @@ def summarise(run: StreamRun, frames: int, wall: float) -> dict:
         "frames": frames, "answered": len(results), "device_miou": run.device_cm.miou(), "collab_miou": run.final_cm.miou(),
         "mask": np.array([r.uploaded for r in results]),
         "uploads": len(uploaded), "upload_rate": len(uploaded) / max(frames, 1),
-        "from_cloud": len(cloud), "fallbacks": sum(fallbacks.values()), "fallback_reasons": fallbacks, "provenance": dict(provenance),
+        "from_cloud": len(cloud), "cloud_frames": [r.frame_id for r in cloud], "fallbacks": sum(fallbacks.values()), "fallback_reasons": fallbacks, "provenance": dict(provenance),
         "u_updates_applied": run.u_updates,
         "u_version": run.runtime.uncertainty.version if run.runtime.uncertainty is not None else None,
         "bytes_up_per_frame": sum(r.bytes_up for r in results) / max(frames, 1),

@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from tandemseg.eval.bootstrap import Resamples
+from tandemseg.eval.plots import plot_adaptation
 from tandemseg.jsonio import read_json
 
 # accuracy: the four evaluation shifts of issue 3, then two that no model saw in training
@@ -355,6 +359,10 @@ def search_row(name: str, search: dict) -> list[str]:
 
 
 BUDGETS = (0.25, 0.4, 0.5, 0.67, 0.8, 0.9, 1.0)  # fractions of the final exit's GFLOPs
+# training runs whose cards travel with the results (scripts/exits_results.sh): Table 5's stage-1 variants and the
+# single-exit control, the frozen-backbone heads, Table 6's stage-2 losses
+DEVICE_RUNS = ("stage1-final", "stage1", "stage1-all", "stage2-frozen", "stage2-pfd", "stage2-ce")
+CLOUD_RUNS = ("cloud-stage2",)
 
 
 def budget_picks(front: Sequence[dict], final_gflops: float, budgets: Sequence[float] = BUDGETS) -> list[tuple[float, dict]]:
@@ -410,10 +418,71 @@ def exits_tables(folder: Path) -> str:
         lines += ["## On val frames, timed against the final exit in the same run", "",
                   *markdown_table(["run", "MESS mIoU %", "final exit %", "delta (pp)", "GFLOPs / frame (saving)", "median ms (speed-up)", "exits taken"],
                                   [exit_eval_row(n, e) for n, e in evals]), ""]
-    cards = {name: load_json(folder, f"{name}-card.json") for name in ("stage1", "stage2-pfd", "stage2-ce")}
-    cards = {k: v for k, v in cards.items() if v}
-    if cards:
-        lines += ["## Val mIoU of every exit after each training run (Tables 5 and 6)", "", *exit_miou_table(cards), ""]
+    for title, names in (("the device", DEVICE_RUNS), ("the cloud model", CLOUD_RUNS)):
+        cards = {name: load_json(folder, f"{name}-card.json") for name in names}
+        cards = {k: v for k, v in cards.items() if v}
+        if cards:
+            lines += [f"## Val mIoU of every exit after each training run of {title} (Tables 5 and 6)", "", *exit_miou_table(cards), ""]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- adaptation (scripts/adaptation_results.sh)
+
+ADAPT_ORDER = ("none", "bn", "tent", "upload-all", "cema")
+
+
+def load_adaptation_runs(folder: Path, severity: str) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """(result, per-frame confusion matrices, source frame ids) of every method run at `severity`, in ADAPT_ORDER."""
+    runs = []
+    for method in ADAPT_ORDER:
+        result = load_json(folder, f"sev{severity}-{method}.json")
+        if result is None:
+            continue
+        with np.load(Path(folder) / result["frame_cms_file"]) as z:
+            runs.append((result, z["cms"], z["source"]))
+    return runs
+
+
+def adaptation_section(runs: list[tuple[dict, np.ndarray, np.ndarray]], severity: str) -> list[str]:
+    """Online device mIoU with paired bootstrap intervals (source frames resampled), differences to CEMA, costs."""
+    groups = runs[0][2]
+    draws = Resamples.draw(groups)
+    samples = {r["method"]: draws.miou(cms) for r, cms, _ in runs}
+    cema = next((r for r, _, _ in runs if r["method"] == "cema"), None)
+    rows = []
+    for r, _, _ in runs:
+        m = r["method"]
+        diff = "-" if cema is None or m == "cema" else \
+            f"{100 * (r['device_miou'] - cema['device_miou']):+.1f} {ci_text(draws.ci(samples[m] - samples['cema']), signed=True)}"
+        rows.append([m, f"{pct(r['device_miou'])} {ci_text(draws.ci(samples[m]))}", diff, pct(r["final_device_miou"]),
+                     f"{r['uploads']} ({pct(r['upload_rate'])}%)", f"{r['bytes_up'] / 1e6:.1f}", f"{r['bytes_down'] / 1e6:.2f}",
+                     str(r["updates_applied"]), f"{r['device_ms_median']:.1f}"])
+    frames = runs[0][0]["frames"]
+    lines = [f"## Severity {severity}: {frames} frames ({runs[0][0]['stream']}, {len(np.unique(groups))} val frames under each condition)", "",
+             *markdown_table(["method", "online device mIoU % [95% CI]", "method - CEMA (pp) [95% CI]", "final device mIoU %", "uploads",
+                              "MB up", "MB down", "updates applied", "device ms (median)"], rows), "",
+             "Intervals: paired percentile bootstrap over the val frames (each drawn with its copies under every corruption), "
+             f"{draws.count} resamples; the decisions of each run are held fixed.", ""]
+    conditions = list(runs[0][0]["per_condition"])
+    short = [c.split(":")[0].replace("_", " ") for c in conditions]
+    per = [[r["method"], *(pct(r["per_condition"].get(c)) for c in conditions), pct(float(np.mean(list(r["per_condition"].values()))))] for r, _, _ in runs]
+    lines += [f"### Online device mIoU % per corruption, severity {severity} (CEMA's comparison table)", "",
+              *markdown_table(["method", *short, "avg"], per), ""]
+    return lines
+
+
+def adaptation_tables(folder: Path) -> str:
+    """docs/results/adaptation/tables.md (and one curve PNG per severity)."""
+    folder = Path(folder)
+    severities = sorted({f.name.split("-")[0].removeprefix("sev") for f in folder.glob("sev*-*.json")})
+    lines: list[str] = []
+    for sev in severities:
+        runs = load_adaptation_runs(folder, sev)
+        if not runs:
+            continue
+        lines += adaptation_section(runs, sev)
+        plot_adaptation([r for r, _, _ in runs], folder / f"curve-sev{sev}.png", f"online device mIoU over the continual stream, severity {sev}")
+        lines += [f"![online mIoU, severity {sev}](curve-sev{sev}.png)", ""]
     return "\n".join(lines) + "\n"
 
 

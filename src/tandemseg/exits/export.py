@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tandemseg.errors import TandemsegError
-from tandemseg.exits.costs import median_ms, eval_mode
+from tandemseg.exits.costs import eval_mode, median_ms
 from tandemseg.exits.network import FINAL, MultiExitSegmenter
 from tandemseg.models.blocks import resize
 from tandemseg.models.onnx_export import AntialiasResize, device_input_hw, onnx_latency

@@ -8,6 +8,7 @@ that says what does not match.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def save_checkpoint(
         "input_scale": model.cfg.input_scale,
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights_dtype": "float16",
+        "weights_sha256": file_sha256(folder / WEIGHTS),
         "data": data,
         "recipe": recipe,
         "metrics": metrics or {},
@@ -107,15 +109,37 @@ def read_json_card(path: Path, error: type[Exception], required: tuple[str, ...]
     return card
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_weights(folder: Path, error: type[Exception], hint: str = "") -> dict[str, torch.Tensor]:
-    """`folder/weights.safetensors`, or `error` naming what is missing or corrupt (model and codec checkpoints)."""
+    """`folder/weights.safetensors`, or `error` naming what is missing or corrupt (model and codec checkpoints).
+
+    When the card records `weights_sha256` (every checkpoint saved since it was added), the file must match it:
+    safetensors has no checksum of its own, so a flipped bit in a tensor would otherwise load silently."""
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise error(f"{folder} has a card but no {WEIGHTS}")
+    expected = _card_digest(folder / CARD)
+    if expected is not None and file_sha256(weights) != expected:
+        raise error(f"{weights} is corrupt or truncated: it does not match the sha256 its card records (damaged or altered after saving){hint}")
     try:
         return load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise error(f"{weights} is corrupt or truncated ({e}){hint}") from None
+
+
+def _card_digest(card: Path) -> str | None:
+    try:
+        value = json.loads(card.read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None  # the card's own problems are reported by whoever reads it
+    return value if isinstance(value, str) else None
 
 
 def read_card(folder: str | Path) -> dict:

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from tandemseg.cloud.adaptation.config import AdaptConfig
+from tandemseg.cloud.adaptation.replay import ReplayBuffer
+from tandemseg.data.tensors import to_tensor
 from tandemseg.models.adaptation import (
     adapted_parameters,
     adapted_state_names,
@@ -18,12 +20,10 @@ from tandemseg.models.adaptation import (
     forward_per_frame,
     foundation_loss,
     frame_entropy,
+    freeze_running_statistics,
     only_train,
     set_adaptation_mode,
 )
-from tandemseg.cloud.adaptation.replay import ReplayBuffer
-from tandemseg.data.tensors import to_tensor
-from tandemseg.models.adaptation import freeze_running_statistics
 from tandemseg.models.blocks import resize
 from tandemseg.wire.weights import state_hash
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Fault injection behind docs/results/reliability.md: the server is killed (SIGKILL) and restarted KILLS times
+# while a device streams 300 frames to it over loopback. Every frame must still get a final map; uploads must
+# resume after every restart.
+#
+#   scripts/faults_results.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+T=".venv/bin/tandemseg"
+PORT=${PORT:-18732}
+KILLS=${KILLS:-10}
+FPS=${FPS:-5}
+OUT=docs/results/reliability
+mkdir -p "$OUT"
+TOKENS=$(mktemp)
+printf 'dev1:fault-token-one-1111\n' > "$TOKENS"
+serve() {
+  $T serve --cloud-ckpt checkpoints/synthetic-cloud --tokens "$TOKENS" --port "$PORT" --threads 1 >> "$OUT/faults-server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/v1/health" > /dev/null && return; sleep 0.2; done
+}
+: > "$OUT/faults-server.log"
+serve
+trap 'kill $SERVER 2>/dev/null; rm -f "$TOKENS"' EXIT
+$T device --server "http://127.0.0.1:$PORT" --token fault-token-one-1111 --data synthetic --split train --limit 300 --pace --fps "$FPS" \
+  --device-ckpt checkpoints/synthetic-device --policy entropy --rate 0.3 --deadline-ms 1500 --timeout-s 1 --retries 1 --threads 1 \
+  --json "$OUT/faults-device.json" > "$OUT/faults-device.log" 2>&1 &
+DEVICE=$!
+sleep 4
+KILLED=0
+for _ in $(seq "$KILLS"); do
+  kill -9 "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  KILLED=$((KILLED + 1))
+  sleep 1
+  serve
+  sleep 3
+done
+wait "$DEVICE"
+echo "{\"kills\": $KILLED, \"fps\": $FPS, \"command\": \"scripts/faults_results.sh\"}" > "$OUT/faults.json"
+cat "$OUT/faults.json"
