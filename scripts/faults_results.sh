@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 T=".venv/bin/tandemseg"
 PORT=${PORT:-18732}
 KILLS=${KILLS:-10}
-FPS=${FPS:-5}
+FPS=${FPS:-2.5}   # 300 frames last 120 s: ten kill-restart cycles of about 12 s fit
+UP=${UP:-6}       # seconds the server stays up after each restart
 OUT=docs/results/reliability
 mkdir -p "$OUT"
 TOKENS=$(mktemp)
@@ -24,10 +25,14 @@ serve() {
 serve
 trap 'kill $SERVER 2>/dev/null; rm -f "$TOKENS"' EXIT
 $T device --server "http://127.0.0.1:$PORT" --token fault-token-one-1111 --data synthetic --split train --limit 300 --pace --fps "$FPS" \
-  --device-ckpt checkpoints/synthetic-device --policy entropy --rate 0.3 --deadline-ms 1500 --timeout-s 1 --retries 1 --threads 1 \
+  --device-ckpt checkpoints/synthetic-device --policy entropy --rate 0.3 --deadline-ms 3000 --timeout-s 2 --retries 1 --threads 1 \
   --json "$OUT/faults-device.json" > "$OUT/faults-device.log" 2>&1 &
 DEVICE=$!
-sleep 4
+# the device has connected (whoami, U) once the server has counted its first upload
+for _ in $(seq 120); do
+  curl -s "http://127.0.0.1:$PORT/metrics" | grep -q 'tandemseg_requests_total{endpoint="/v1/segment"' && break
+  sleep 0.5
+done
 KILLED=0
 for _ in $(seq "$KILLS"); do
   kill -9 "$SERVER" 2>/dev/null || true
@@ -35,8 +40,8 @@ for _ in $(seq "$KILLS"); do
   KILLED=$((KILLED + 1))
   sleep 1
   serve
-  sleep 3
+  sleep "$UP"
 done
 wait "$DEVICE"
-echo "{\"kills\": $KILLED, \"fps\": $FPS, \"command\": \"scripts/faults_results.sh\"}" > "$OUT/faults.json"
+echo "{\"kills\": $KILLED, \"fps\": $FPS, \"up_s\": $UP, \"command\": \"scripts/faults_results.sh\"}" > "$OUT/faults.json"
 cat "$OUT/faults.json"

@@ -519,3 +519,27 @@ def test_collab_with_committed_synthetic_checkpoints(tmp_path, monkeypatch, caps
     ds = open_dataset("synthetic", "val")
     assert res["device_miou"] == pytest.approx(evaluate(load_checkpoint(dev).model, ds, batch_size=1, limit=4)["miou"], abs=1e-3)
     assert res["cloud_miou"] == pytest.approx(evaluate(load_checkpoint(cloud).model, ds, batch_size=1, limit=4)["miou"], abs=1e-3)
+
+
+def test_a_cache_of_mixed_frame_sizes_round_trips_without_pickle(tmp_path) -> None:
+    """Frames of two sizes are stored as separate arrays; a file holding pickled objects is refused, never run."""
+    import numpy as np
+    import torch
+
+    from tandemseg.data.classes import CAMVID
+    from tandemseg.errors import DataError
+    from tandemseg.eval.cache import CollabCache
+
+    c = CAMVID.num_classes
+    probs = [torch.rand(c, 4, 6), torch.rand(c, 5, 7)]
+    preds = [np.zeros((16, 24), np.uint8), np.ones((20, 28), np.uint8)]
+    cms = np.zeros((2, c, c), np.int64)
+    cache = CollabCache(CAMVID, probs, cms, cms, preds, np.array([10, 20]), np.array([1, 2]), np.zeros(2), np.zeros(2), ["clean", "fog:3"])
+    cache.save(tmp_path / "c.npz")
+    back = CollabCache.load(tmp_path / "c.npz")
+    assert [tuple(p.shape) for p in back.probs] == [(c, 4, 6), (c, 5, 7)] and np.array_equal(back.cloud_pred[1], preds[1])
+    hostile = np.empty(2, dtype=object)
+    hostile[:] = preds
+    np.savez(tmp_path / "h.npz", probs=hostile, meta=np.array("{}"))
+    with pytest.raises(DataError, match="not a readable collab cache"):
+        CollabCache.load(tmp_path / "h.npz")

@@ -86,6 +86,21 @@ def test_cema_band_and_dynamic_upper_threshold() -> None:
     assert pol.thresholds(4)[1] > e_max0
 
 
+def test_cema_running_band_follows_the_streams_level_and_stays_bounded() -> None:
+    pol = P.CemaPolicy(quantiles=(0.4, 0.8), warmup=8, window=20)
+    first = [pol.score(P.FrameObservation(i, blended(0.1 + 0.02 * (i % 10)))) for i in range(40)]
+    assert all(s == -math.inf for s in first[:8])  # warm-up: the band is empty until the stream shows its level
+    eligible = [s for s in first[8:] if s > -math.inf]
+    assert 0.2 <= len(eligible) / 32 <= 0.6  # about the 0.4..0.8 quantile band of a steady stream
+    low_band = pol.thresholds(4)
+    for i in range(40, 80):  # the stream's entropy level rises: the band moves up with it
+        pol.score(P.FrameObservation(i, blended(0.6 + 0.02 * (i % 10))))
+    high_band = pol.thresholds(4)
+    assert high_band[0] > low_band[1] and len(pol._recent) == 20  # the window is bounded
+    with pytest.raises(SpecError, match="quantiles"):
+        P.CemaPolicy(quantiles=(0.8, 0.4))
+
+
 def test_random_is_seeded_and_fixed_policies_bypass_the_controller() -> None:
     a = scores(P.make_policy("random", seed=3), [blended(0)] * 5)
     b = scores(P.make_policy("random", seed=3), [blended(0)] * 5)
