@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -73,14 +74,20 @@ def test_ray_serve_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throwaway local instance needs no cluster token
     from ray import serve
 
+    from tandemseg.cloud.adaptation.config import AdaptConfig
     from tandemseg.cloud.app import Limits
     from tandemseg.cloud.auth import TokenMap
     from tandemseg.cloud.ray_app import RayOptions, build_ray_app, start_ray, stop_ray
     from tandemseg.device.http_link import HttpLink, RetryPolicy
+    from tandemseg.device.weights import WeightUpdater
+    from tandemseg.models.checkpoint import load_checkpoint
 
     ckpt = save_tiny(tmp_path / "cloud", "cloud")
+    device_ckpt = save_tiny(tmp_path / "device", "device")
     port = _free_port()
-    app = build_ray_app(str(ckpt), TokenMap.parse(TOKENS), Limits(), 0.5, np.eye(C), RayOptions(replicas=1, replica_cpus=0, threads=1))
+    adapt = (str(device_ckpt), AdaptConfig(batch=2, replay=0, adapt_scale=1.0))  # CEMA as its own deployment
+    app = build_ray_app(str(ckpt), TokenMap.parse(TOKENS), Limits(), 0.5, np.eye(C), RayOptions(replicas=1, replica_cpus=0, threads=1),
+                        adapt=adapt)
     start_ray(None, "127.0.0.1", port, num_cpus=1)
     try:
         serve.run(app, blocking=False, route_prefix="/")
@@ -93,6 +100,14 @@ def test_ray_serve_round_trip(tmp_path, monkeypatch):
             assert max(r.u_version for r in replies) >= 1 and replies[0].u_matrix is not None  # DCAM through DeviceStates
             state = link.get_state()
             assert state["device_id"] == "dev1" and state["frames"] == 2
+            message = None
+            for _ in range(120):  # the Adaptation actor's worker adapts on the two uploads in the background
+                message = link.fetch_update("dev1", 0)
+                if message is not None:
+                    break
+                time.sleep(0.5)
+            assert message is not None and message.version == 1
+            assert WeightUpdater(load_checkpoint(device_ckpt).model, "dev1").offer(message)
         finally:
             link.close()
     finally:

@@ -74,11 +74,15 @@ def serve(
     initial_u, settings = initial_u_and_dcam_settings(uncertainty, cloud_ckpt)
     if ray and codec_ckpt:
         raise SpecError("--codec-ckpt is served by the uvicorn server; the Ray deployment decodes images only (drop --ray)")
-    if ray and adapt_device_ckpt:
-        raise SpecError("--adapt runs in the uvicorn server's background worker; adaptation is not deployed on Ray Serve yet (drop --ray)")
     if ray:
+        adapt = None
+        if adapt_device_ckpt:
+            from tandemseg.cli.adapt import parse_options
+            from tandemseg.cloud.adaptation.config import AdaptConfig
+
+            adapt = (str(Path(adapt_device_ckpt).resolve()), AdaptConfig.from_options(parse_options(adapt_option)))
         _serve_ray(cloud_ckpt, token_map, limits, batching, dcam_alpha, initial_u, settings, host, port, replicas, autoscale,
-                   replica_cpus, threads, ray_address)
+                   replica_cpus, threads, ray_address, adapt)
         return
     import torch
     import uvicorn
@@ -151,13 +155,13 @@ def initial_u_and_dcam_settings(uncertainty: Path | None, cloud_ckpt: Path):
 
 
 def _serve_ray(ckpt, token_map, limits, batching, alpha, initial_u, settings, host, port, replicas, autoscale, replica_cpus, threads,
-               address) -> None:
+               address, adapt=None) -> None:
     from ray import serve as ray_serve
 
     from tandemseg.cloud.ray_app import RayOptions, build_ray_app, start_ray, stop_ray
 
     options = RayOptions(replicas, parse_autoscale(autoscale), replica_cpus, threads, batching)
-    app = build_ray_app(str(Path(ckpt).resolve()), token_map, limits, alpha, initial_u, options, settings)
+    app = build_ray_app(str(Path(ckpt).resolve()), token_map, limits, alpha, initial_u, options, settings, adapt)
     start_ray(address, host, port)
     console.print(f"Ray Serve: {replicas if not autoscale else autoscale} segmenter replica(s) on http://{host}:{port}; Ctrl-C stops")
     try:

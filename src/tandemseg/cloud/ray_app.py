@@ -9,6 +9,9 @@ Three deployments, each a thin handler over plain code:
 * `DeviceStates` (1 replica): the same per-device store the single-process service uses
   (cloud/states.py): every device's U and version, eq. 14 applied atomically. One owner of the state
   keeps DCAM correct however many segmenter replicas run.
+* `Adaptation` (1 replica, only with `serve --ray --adapt`): CEMA's `AdaptationService` (cloud/adaptation/)
+  in its own actor with its own CPU, so adapting scales apart from segmenting; the ingress queues each
+  accepted upload there after the reply exists, and serves the weight route from it.
 * `Ingress`: the FastAPI app of cloud/app.py (auth, limits, wire format, metrics) over `RayBackend`.
 
 Pointing it at a real cluster: start Ray on the cluster (`ray start --head` on one node, `ray start
@@ -82,8 +85,10 @@ class SegmenterImpl:
 class RayBackend:
     """The app's Backend over the two deployment handles (cloud/app.py `Backend`)."""
 
-    def __init__(self, segmenter: DeploymentHandle, states: DeploymentHandle, num_classes: int) -> None:
+    def __init__(self, segmenter: DeploymentHandle, states: DeploymentHandle, num_classes: int,
+                 adaptation: DeploymentHandle | None = None) -> None:
         self.segmenter, self.states, self.num_classes = segmenter, states, num_classes
+        self.adaptation = adaptation
 
     async def start(self) -> None:
         return None
@@ -104,6 +109,8 @@ class RayBackend:
         reply, evidence = result
         u, version = await self.states.record.remote(request.device_id, request.u_version, evidence)
         reply.u_matrix, reply.u_version = u, version
+        if self.adaptation is not None:  # after the reply exists: the actor only queues it
+            reply.model_version = await self.adaptation.submit.remote(request)
         return reply
 
     async def device_state(self, device_id: str) -> dict | None:
@@ -113,8 +120,10 @@ class RayBackend:
         return await self.states.set.remote(device_id, u, version)
 
     async def model_update(self, device_id: str, since: int):
-        """Adaptation does not run behind Ray Serve yet (the FastAPI path runs it): never an update."""
-        return None
+        """CEMA's weight push from the Adaptation deployment (None without one, or nothing newer)."""
+        if self.adaptation is None:
+            return None
+        return await self.adaptation.update.remote(device_id, since)
 
 
 # ---------------------------------------------------------------- deployments (thin handlers)
@@ -140,11 +149,37 @@ class Segmenter:
         return await self.segment_batch(request)
 
 
+@serve.deployment
+class Adaptation:
+    """A thin handler over `AdaptationService` (its worker thread adapts; these methods only queue and read)."""
+
+    def __init__(self, cloud_ckpt: str, device_ckpt: str, config, threads: int) -> None:
+        import torch
+
+        from tandemseg.cloud.adaptation.service import AdaptationService
+        from tandemseg.models.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud")
+        device = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=cloud.classes).model
+        self.service = AdaptationService(cloud.model, device, cloud.classes.num_classes, config)
+
+    def submit(self, request: UploadRequest) -> int:
+        """Queue the upload; the device's current model version (for the reply)."""
+        self.service.submit(request)
+        return self.service.version(request.device_id)
+
+    def update(self, device_id: str, since: int):
+        return self.service.update(device_id, since)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
-    def __init__(self, segmenter: DeploymentHandle, states: DeploymentHandle, num_classes: int, tokens: TokenMap, limits: Limits) -> None:
-        self.backend = RayBackend(segmenter, states, num_classes)
+    def __init__(self, segmenter: DeploymentHandle, states: DeploymentHandle, num_classes: int, tokens: TokenMap, limits: Limits,
+                 adaptation: DeploymentHandle | None = None) -> None:
+        self.backend = RayBackend(segmenter, states, num_classes, adaptation)
         self.tokens, self.limits = tokens, limits
 
     def __serve_build_asgi_app__(self):
@@ -153,9 +188,11 @@ class Ingress:
 
 def build_ray_app(
     ckpt: str, tokens: TokenMap, limits: Limits, alpha: float, initial_u: np.ndarray | None, options: RayOptions,
-    settings: DcamSettings = DcamSettings(),
+    settings: DcamSettings = DcamSettings(), adapt: tuple[str, object] | None = None,
 ):
-    """The Serve application graph: Ingress -> (Segmenter x N, DeviceStates x 1).
+    """The Serve application graph: Ingress -> (Segmenter x N, DeviceStates x 1[, Adaptation x 1]).
+
+    `adapt` = (device checkpoint, AdaptConfig) deploys CEMA's adaptation as its own actor (one CPU).
 
     `settings` should follow the fitted U's metadata (DcamSettings.from_meta), as `tandemseg serve` does.
     """
@@ -173,7 +210,11 @@ def build_ray_app(
         seg_opts["num_replicas"] = options.replicas
     segmenter = Segmenter.options(**seg_opts).bind(ckpt, dcam, options.threads, options.batching)
     states = DeviceStates.bind(num_classes, initial_u, dcam)
-    return Ingress.bind(segmenter, states, num_classes, tokens, limits)
+    adaptation = None
+    if adapt is not None:
+        device_ckpt, config = adapt
+        adaptation = Adaptation.options(ray_actor_options={"num_cpus": options.replica_cpus}).bind(ckpt, device_ckpt, config, options.threads)
+    return Ingress.bind(segmenter, states, num_classes, tokens, limits, adaptation)
 
 
 def start_ray(address: str | None, host: str, port: int, num_cpus: int | None = None, attempts: int = 3) -> None:
