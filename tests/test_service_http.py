@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _service_helpers import TOK1, TOK2, TOKENS, C, H, W, tiny_cloud, upload
+from _service_helpers import TOK1, TOK2, TOKENS, C, H, W, save_tiny, tiny_cloud, upload
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -513,3 +513,19 @@ def test_no_route_lets_a_device_touch_another_devices_resources(server) -> None:
         anonymous = client.request(method, target, content=body)
         assert anonymous.status_code == 401, (method, path, anonymous.status_code)
     assert client.get("/v1/devices/dev1/state", headers={"Authorization": f"Bearer {TOK1}"}).status_code == 200  # the owner may
+
+
+def test_the_accepted_frame_size_follows_the_served_model(tmp_path) -> None:
+    from tandemseg.cli.service import served_max_side
+
+    folder = save_tiny(tmp_path / "cloud", "cloud")
+    assert served_max_side(folder) == 4096  # a card that does not say what it was trained on
+    card = json.loads((folder / "card.json").read_text())
+    card["frame_hw"] = [360, 480]
+    (folder / "card.json").write_text(json.dumps(card))
+    assert served_max_side(folder) == 960
+    limits = wire.WireLimits(max_side=960, max_pixels=960 * 960)
+    headers, body = wire.encode_request(upload("dev1", 0, probs=False, h=968, w=64), TOK1)
+    with pytest.raises(wire.WireError, match=r"exceeds this server.s limit \(960 pixels a side") as e:
+        wire.decode_request(headers, body, "dev1", limits)
+    assert e.value.status == 413

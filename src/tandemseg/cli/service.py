@@ -48,7 +48,8 @@ def serve(
     pipeline: int = typer.Option(1, min=1, max=8, help="batches in flight at once; on CPU, --threads 1 --pipeline <cores> served 1.8x the frames/s of one 2-thread forward on 2 cores (docs/results/service.md)"),
     max_inflight_per_device: int = typer.Option(32, min=1, help="requests one device may have in flight (429 beyond)"),
     max_body_mb: float = typer.Option(8.0, min=0.01, help="largest request body (413 beyond)"),
-    max_side: int = typer.Option(4096, min=16, help="largest frame side in pixels (413 beyond)"),
+    max_side: int = typer.Option(None, min=16, help="largest frame side in pixels (413 beyond); default: twice the side of the "
+                                 "frames the served model was trained on (its card's frame_hw), 4096 for a card without one"),
     metrics_public: bool = typer.Option(False, help="answer /metrics for every client (default: loopback clients only)"),
     threads: int = typer.Option(0, min=0, help="torch CPU threads (0 = torch's default)"),
     warmup: str = typer.Option(None, help="HxW: run every batch size once at this frame size before serving (no first-request stalls)"),
@@ -68,6 +69,7 @@ def serve(
     if not 0.0 <= dcam_alpha <= 1.0:
         raise SpecError(f"--dcam-alpha must be in [0, 1], got {dcam_alpha}")
     token_map = load_tokens(tokens)
+    max_side = max_side or served_max_side(cloud_ckpt)
     limits = Limits(WireLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_side=max_side, max_pixels=max_side * max_side),
                     max_inflight_per_device=max_inflight_per_device, metrics_public=metrics_public)
     batching = BatchConfig(max_batch, max_wait_ms, max_queue, pipeline)
@@ -113,6 +115,15 @@ def serve(
     console.print(f"serving {cloud_ckpt} on http://{host}:{port} for devices {', '.join(token_map.devices)} "
                   f"(batch <= {max_batch}, wait <= {max_wait_ms} ms, DCAM alpha {dcam_alpha} with {settings}, torch threads {torch.get_num_threads()})")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def served_max_side(cloud_ckpt: Path) -> int:
+    """The accepted frame size follows the served model: twice the side of the frames it was trained on (a frame
+    larger than that only costs memory and time without helping the model), 4096 when its card does not say."""
+    from tandemseg.models.checkpoint import read_card
+
+    frame_hw = read_card(cloud_ckpt).get("frame_hw")
+    return 2 * max(int(v) for v in frame_hw) if frame_hw else 4096
 
 
 def _adaptation(cloud, device_ckpt: Path, options: list[str]):

@@ -259,7 +259,7 @@ class Trainer:
             save_checkpoint(
                 self.out, self.model, self.kind, self.classes, data=self.data_spec, recipe=self.recipe,
                 metrics={"val": metrics, "epoch": self.state.epoch + 1},
-                extra={"train_config": asdict(self.cfg), **self.card_extra},
+                extra={"train_config": asdict(self.cfg), "frame_hw": list(self.val_set[0].image.shape[:2]), **self.card_extra},
             )
             rec["best"] = True
         return rec
