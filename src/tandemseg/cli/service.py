@@ -255,6 +255,7 @@ def loadtest(
     rate: float = typer.Option(0.0, min=0.0, help="open loop at this many frames/s in total; 0 = closed loop (peak)"),
     timeout_s: float = typer.Option(60.0, help="HTTP timeout per request"),
     max_seconds: float = typer.Option(600.0, help="stop sending after this long"),
+    window_s: float = typer.Option(60.0, min=1.0, help="latency percentiles per window of this many seconds (soak stability)"),
     raw_ckpt: Path = typer.Option(None, help="also time the bare batched forward of this cloud checkpoint here (serving efficiency)"),
     raw_batch: int = typer.Option(8, min=1, help="batch size of the raw forward (use the server's --max-batch)"),
     raw_batches: int = typer.Option(4, min=1, help="timed raw batches per measurement"),
@@ -272,7 +273,8 @@ def loadtest(
         health = httpx.get(server.rstrip("/") + "/v1/health", timeout=10).json()
     except (httpx.HTTPError, ValueError) as e:
         raise TandemsegError(f"cannot reach {server}/v1/health ({e}); is `tandemseg serve` running?") from None
-    spec = LoadSpec(devices, frames, height, width, codec, int(health["classes"]), probs, rate=rate, timeout_s=timeout_s, max_seconds=max_seconds)
+    spec = LoadSpec(devices, frames, height, width, codec, int(health["classes"]), probs, rate=rate, timeout_s=timeout_s, max_seconds=max_seconds,
+                    window_s=window_s)
     mode = f"open loop at {rate:.2f} frames/s" if rate else "closed loop"
     console.print(f"{devices} devices x {frames} frames ({height}x{width} {codec}) against {server} ({mode})"
                   + (f", {rounds} rounds against the raw forward of {raw_ckpt}" if raw_ckpt else ""))

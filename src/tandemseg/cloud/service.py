@@ -25,6 +25,7 @@ from tandemseg.codec.bitstream import decode_bitstream
 from tandemseg.codec.model import FeatureCodec
 from tandemseg.data.classes import ClassTable
 from tandemseg.data.tensors import to_tensor
+from tandemseg.heap import HeapTrimmer
 from tandemseg.wire.messages import CloudReply, UploadRequest
 from tandemseg.wire.payload import FEATURES, PayloadError
 from tandemseg.wire.weights import UpdateMessage
@@ -95,6 +96,7 @@ class CloudService:
         self.classes = classes
         self.dcam = Dcam(dcam_alpha, dcam_settings or DcamSettings(), classes.ignore_index)
         self.states = DeviceStateStore(classes.num_classes, initial_u, self.dcam)
+        self._heap = HeapTrimmer()  # a long-running server gives freed activation pages back (every 16 batches)
 
     def device_state(self, device_id: str) -> dict:
         return self.states.get(device_id)
@@ -117,6 +119,7 @@ class CloudService:
             u, version = self.states.record(r.device_id, r.u_version, evidence)
             reply.u_matrix, reply.u_version = u, version
             replies.append(reply)
+        self._heap.tick()
         if self.adaptation is not None:  # after the replies exist: adaptation never delays them (queued or, offline, inline)
             for r, reply in zip(requests, replies, strict=True):
                 self.adaptation.submit(r)

@@ -22,8 +22,9 @@ from torch import nn
 from tandemseg.codec.config import CodecConfig
 from tandemseg.codec.errors import CodecCheckpointError, CodecError
 from tandemseg.codec.model import FeatureCodec
+from tandemseg.digest import file_sha256
 from tandemseg.jsonio import write_json
-from tandemseg.models.checkpoint import file_sha256, git_commit, read_json_card, read_weights
+from tandemseg.models.checkpoint import git_commit, read_json_card, read_weights
 
 CARD_VERSION = 1
 KIND = "codec"

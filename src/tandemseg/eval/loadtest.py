@@ -38,6 +38,7 @@ class LoadSpec:
     max_seconds: float = 600.0  # stop sending after this long, whatever is left
     distinct_frames: int = 8
     seed: int = 0
+    window_s: float = 60.0  # latency percentiles per window of this many seconds (a soak's stability)
 
 
 def synthetic_uploads(spec: LoadSpec) -> list[tuple[bytes, bytes | None, tuple[int, int, int] | None]]:
@@ -61,18 +62,22 @@ class _Recorder:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.latency_ms: list[float] = []
+        self.sent_at: list[float] = []  # seconds from the start, per ok reply (same order as latency_ms)
+        self.window_errors: Counter[tuple[int, str]] = Counter()
         self.errors: Counter[str] = Counter()
         self.ok = 0
         self.bytes_up = 0
         self.bytes_down = 0
 
-    def record(self, ms: float, status: str, up: int, down: int) -> None:
+    def record(self, ms: float, status: str, up: int, down: int, at: float = 0.0, window_s: float = 60.0) -> None:
         with self.lock:
             if status == "ok":
                 self.ok += 1
                 self.latency_ms.append(ms)
+                self.sent_at.append(at)
             else:
                 self.errors[status] += 1
+                self.window_errors[(int(at // window_s), status)] += 1
             self.bytes_up += up
             self.bytes_down += down
 
@@ -103,7 +108,7 @@ def _device_loop(
                 status, down = "timeout", 0
             except httpx.HTTPError as e:
                 status, down = type(e).__name__, 0
-            rec.record((time.perf_counter() - t0) * 1000.0, status, len(body), down)
+            rec.record((time.perf_counter() - t0) * 1000.0, status, len(body), down, t0 - start_at, spec.window_s)
 
 
 def run_loadtest(server: str, credentials: list[tuple[str, str]], spec: LoadSpec) -> dict:
@@ -138,7 +143,21 @@ def run_loadtest(server: str, credentials: list[tuple[str, str]], spec: LoadSpec
         "latency_ms_mean": float(lat.mean()) if lat is not None else None,
         "bytes_up_per_frame": rec.bytes_up / max(sent, 1), "bytes_down_per_frame": rec.bytes_down / max(rec.ok, 1),
         "latencies_ms": [round(v, 3) for v in rec.latency_ms],
+        "windows": windows(rec, spec.window_s),
     }
+
+
+def windows(rec: _Recorder, window_s: float) -> list[dict]:
+    """Per window of `window_s` seconds (by send time): replies, errors by kind, latency percentiles."""
+    at, lat = np.asarray(rec.sent_at), np.asarray(rec.latency_ms)
+    n = int(max([*(at // window_s + 1).tolist(), *(k + 1 for k, _ in rec.window_errors)], default=0))
+    out = []
+    for w in range(n):
+        sel = lat[(at >= w * window_s) & (at < (w + 1) * window_s)] if len(at) else lat
+        out.append({"start_s": w * window_s, "ok": int(len(sel)),
+                    "errors": {k: v for (i, k), v in rec.window_errors.items() if i == w},
+                    **{f"latency_ms_p{p}": (float(np.percentile(sel, p)) if len(sel) else None) for p in (50, 99)}})
+    return out
 
 
 def percentiles(latencies_ms: list[float]) -> dict:

@@ -36,13 +36,7 @@ def plot_sweep(payload: dict, path: str | Path, title: str = "") -> Path:
     ax.axhline(payload["cloud_miou"] * 100, color="0.3", lw=1, ls="--", label="cloud only")
     ax.set_xlabel("target upload rate (% of frames)")
     ax.set_ylabel("mIoU (%), bands: 95% bootstrap interval" if any(r.get("collab_miou_ci") for r in payload["rows"]) else "mIoU (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, "lower right")
 
 
 def plot_rd(payload: dict, path: str | Path, title: str = "") -> Path:
@@ -64,13 +58,7 @@ def plot_rd(payload: dict, path: str | Path, title: str = "") -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel of the input frame (log)")
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, "lower right", grid_which="both")
 
 
 def plot_adaptation(runs: list[dict], path: str | Path, title: str = "") -> Path:
@@ -89,13 +77,7 @@ def plot_adaptation(runs: list[dict], path: str | Path, title: str = "") -> Path
             ax.text(j * per + 2, ax.get_ylim()[1], name.split(":")[0][:8], fontsize=5, rotation=90, va="top")
     ax.set_xlabel("frame of the stream")
     ax.set_ylabel("online device mIoU (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, title, "lower left")
 
 
 def plot_exit_policies(runs: dict[str, dict], path: str | Path, title: str = "") -> Path:
@@ -115,6 +97,18 @@ def plot_exit_policies(runs: dict[str, dict], path: str | Path, title: str = "")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _finish(fig, ax, path: Path, title: str, legend_loc: str, grid_which: str = "major") -> Path:
+    """The common end of a one-panel figure: title, grid, legend, saved and closed."""
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which=grid_which)
+    ax.legend(fontsize=7, loc=legend_loc)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -8,7 +8,6 @@ that says what does not match.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tandemseg.data.classes import ClassTable
+from tandemseg.digest import file_sha256
 from tandemseg.errors import CheckpointError
 from tandemseg.jsonio import write_json
 from tandemseg.models.registry import MODEL_KINDS, build_model
@@ -107,14 +107,6 @@ def read_json_card(path: Path, error: type[Exception], required: tuple[str, ...]
     if missing:
         raise error(f"{path} lacks the key(s) {missing}; it was not written by tandemseg")
     return card
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_weights(folder: Path, error: type[Exception], hint: str = "") -> dict[str, torch.Tensor]:

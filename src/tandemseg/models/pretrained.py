@@ -7,13 +7,13 @@ sha256 against the hash pinned here, and load it strictly into our own `Efficien
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from tandemseg.digest import file_sha256
 from tandemseg.errors import CheckpointError
 from tandemseg.models.efficientnet_lite import EfficientNetLite
 
@@ -58,14 +58,6 @@ def pretrained_path(variant: str) -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def provenance(variant: str) -> dict:
     """What a checkpoint card records about the ImageNet start (package, file, hash)."""
     src = _source(variant)
@@ -76,7 +68,7 @@ def load_imagenet_state(variant: str) -> dict[str, torch.Tensor]:
     """The verified ImageNet state dict of `variant` (hash checked before unpickling anything)."""
     src = _source(variant)
     path = pretrained_path(variant)
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if digest != src.sha256:
         raise CheckpointError(
             f"{path} has sha256 {digest[:16]}..., expected {src.sha256[:16]}...; the file differs from the released "
