@@ -8,7 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
+
+# Property tests draw the same examples on every run and machine (the suite is deterministic); no example database.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 H, W = 24, 32  # size of every fake frame (rows, columns)
 REPO_ROOT = Path(__file__).resolve().parents[1]
