@@ -25,7 +25,7 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
 # warm-up: every device once, then the memory baseline
 $T loadtest --server "http://127.0.0.1:$PORT" --tokens "$TOKENS" --devices "$DEVICES" --frames 2 --height 180 --width 240 > /dev/null
 RSS_WARM=$(rss)
-FRAMES=$(( SOAK_S * RATE / DEVICES + 1 ))
+FRAMES=$(( SOAK_S * RATE / DEVICES ))   # the last request goes out before the time cap
 $T loadtest --server "http://127.0.0.1:$PORT" --tokens "$TOKENS" --devices "$DEVICES" --frames "$FRAMES" --rate "$RATE" \
   --height 180 --width 240 --max-seconds "$SOAK_S" --window-s 60 --timeout-s 30 --json "$OUT/soak-loadtest.json"
 RSS_END=$(rss)

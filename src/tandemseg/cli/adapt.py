@@ -33,7 +33,7 @@ def adapt(
     data: str = typer.Option(..., help="dataset spec"),
     split: str = typer.Option("val", help="split whose frames make the stream"),
     stream: str = typer.Option("continual:3", help="continual:SEV (the 15 corruptions in turn) or continual:SEV:fog,snow,..."),
-    frames_per_condition: int = typer.Option(None, help="the split's first N frames under each condition (default: all)"),
+    frames_per_condition: int = typer.Option(None, min=1, help="the split's first N frames under each condition (default: all)"),
     method: str = typer.Option("cema", help="none | bn | tent | cema | upload-all"),
     device_ckpt: Path = typer.Option(..., help="device checkpoint"),
     cloud_ckpt: Path = typer.Option(None, help="cloud checkpoint (cema, upload-all in process)"),
