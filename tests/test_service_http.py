@@ -529,3 +529,18 @@ def test_the_accepted_frame_size_follows_the_served_model(tmp_path) -> None:
     with pytest.raises(wire.WireError, match=r"exceeds this server.s limit \(960 pixels a side") as e:
         wire.decode_request(headers, body, "dev1", limits)
     assert e.value.status == 413
+
+
+def test_a_short_soak_has_no_errors_and_reports_every_window() -> None:
+    """The suite's version of scripts/soak_results.sh: 10 devices, open loop, 12 s; 0 errors, per-window figures."""
+    from tandemseg.eval.loadtest import LoadSpec, run_loadtest
+
+    tokens = TokenMap.parse(",".join(f"dev{i}:soak-token-{i}-000000" for i in range(10)))
+    app = create_app(CloudService(ModelSegmenter(tiny_cloud()), CAMVID), tokens, Limits(max_inflight_per_device=4),
+                     BatchConfig(max_batch=4, max_wait_ms=5))
+    with running_server(app) as url:
+        spec = LoadSpec(devices=10, frames=12, height=H, width=W, num_classes=C, rate=10.0, max_seconds=12.0, window_s=4.0, timeout_s=10.0)
+        result = run_loadtest(url, tokens.credentials(), spec)
+    assert result["errors"] == {} and result["ok"] == 120, result["errors"]
+    assert len(result["windows"]) == 3 and sum(w["ok"] for w in result["windows"]) == 120
+    assert all(w["latency_ms_p99"] is not None for w in result["windows"])
