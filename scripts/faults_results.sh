@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fault injection behind docs/results/reliability.md: the server is killed (SIGKILL) and restarted KILLS times
-# while a device streams 300 frames to it over loopback. Every frame must still get a final map; uploads must
-# resume after every restart.
+# while a device streams 300 frames to it over loopback (acdc policy, DCAM on). Every frame must still get a final
+# map; uploads must resume after every restart; the restarted cloud must continue DCAM from the device's U.
 #
 #   scripts/faults_results.sh
 set -euo pipefail
@@ -25,7 +25,7 @@ serve() {
 serve
 trap 'kill $SERVER 2>/dev/null; rm -f "$TOKENS"' EXIT
 $T device --server "http://127.0.0.1:$PORT" --token fault-token-one-1111 --data synthetic --split train --limit 300 --pace --fps "$FPS" \
-  --device-ckpt checkpoints/synthetic-device --policy entropy --rate 0.3 --deadline-ms 3000 --timeout-s 2 --retries 1 --threads 1 \
+  --device-ckpt checkpoints/synthetic-device --policy acdc --uncertainty checkpoints/synthetic-uncertainty.safetensors --rate 0.3 --deadline-ms 3000 --timeout-s 2 --retries 1 --threads 1 \
   --json "$OUT/faults-device.json" > "$OUT/faults-device.log" 2>&1 &
 DEVICE=$!
 # the device has connected (whoami, U) once the server has counted its first upload
@@ -43,5 +43,7 @@ for _ in $(seq "$KILLS"); do
   sleep "$UP"
 done
 wait "$DEVICE"
+# the cloud's view of the device's U after the last restart (the device re-announces its U to a cloud behind it)
+curl -s -H "Authorization: Bearer fault-token-one-1111" "http://127.0.0.1:$PORT/v1/devices/dev1/state" > "$OUT/faults-state.json"
 echo "{\"kills\": $KILLED, \"fps\": $FPS, \"up_s\": $UP, \"command\": \"scripts/faults_results.sh\"}" > "$OUT/faults.json"
 cat "$OUT/faults.json"

@@ -136,3 +136,32 @@ def test_codec_header_goes_through_the_one_parser(header: str, canonical: str) -
 def test_codec_header_refusals(header: str) -> None:
     with pytest.raises(wire.WireError, match="X-Tandemseg-Codec"):
         wire.parse_codec(header)
+
+
+def test_a_cloud_that_lost_its_state_gets_the_devices_u_back(cloud) -> None:
+    """A restart empties the cloud's store: the device sees a reply older than its U, checks the cloud's version and
+    announces its U, so DCAM goes on from the device's U (not from the shipped one) and the device never regresses."""
+    from _service_helpers import tiny_device
+
+    from tandemseg.device.budget import BudgetSpec, make_controller
+    from tandemseg.device.link import InProcessLink
+    from tandemseg.device.policies import make_policy
+    from tandemseg.device.runtime import DeviceRuntime
+
+    service = CloudService(ModelSegmenter(cloud), CAMVID, dcam_alpha=0.5, initial_u=np.eye(C))
+    um = UncertaintyMatrix(np.eye(C), CAMVID)
+    rt = DeviceRuntime(tiny_device(), make_policy("all"), make_controller(BudgetSpec(rate=1.0)), InProcessLink(service),
+                       device_id="dev1", send_device_probs=True, uncertainty=um)
+    frames = [np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8) for i in range(6)]
+    for i in range(3):
+        rt.finish(rt.process(frames[i], i))
+    before, u_before = um.version, um.u.copy()
+    assert before >= 2
+    service.states = DeviceStateStore(C, np.eye(C), service.dcam)  # the restart: every device's state is gone
+    result = rt.finish(rt.process(frames[3], 3))
+    assert result.extra.get("u_announced") == before and um.version == before and np.array_equal(um.u, u_before)
+    state = service.device_state("dev1")
+    assert state["u_version"] == before and np.allclose(state["u"], u_before)
+    for i in (4, 5):  # DCAM continues from the device's U: versions move on past it
+        rt.finish(rt.process(frames[i], i))
+    assert um.version > before

@@ -142,10 +142,17 @@ class HttpLink:
         response = self._plain("GET", self._state_path())
         return response.json()
 
-    def put_u(self, u: np.ndarray) -> dict:
-        """Tell the cloud which U this device starts from (DCAM then updates that one)."""
-        response = self._plain("PUT", self._state_path(), json={"u": np.asarray(u, dtype=np.float64).tolist()})
+    def put_u(self, u: np.ndarray, version: int = 0) -> dict:
+        """Tell the cloud which U this device holds (DCAM then updates that one)."""
+        response = self._plain("PUT", self._state_path(), json={"u": np.asarray(u, dtype=np.float64).tolist(), "u_version": int(version)})
         return response.json()
+
+    def cloud_u_version(self, device_id: str) -> int:
+        """The U version the cloud holds for this device (0 when it holds none)."""
+        return int(self.get_state().get("u_version") or 0)
+
+    def announce_u(self, device_id: str, u: np.ndarray, version: int) -> None:
+        self.put_u(u, version)
 
     def health(self) -> dict:
         return self._plain("GET", "/v1/health", auth=False).json()

@@ -30,12 +30,24 @@ class FetchesUpdates(Protocol):
         ...
 
 
+class SyncsState(Protocol):
+    """A link that can tell which U version the cloud holds for a device and give it the device's (both links)."""
+
+    def cloud_u_version(self, device_id: str) -> int: ...
+
+    def announce_u(self, device_id: str, u, version: int) -> None: ...
+
+
 class SegmentsUploads(Protocol):
     """What the in-process link needs of the cloud: a batch of uploads in, a reply per upload out."""
 
     def segment_batch(self, requests: list[UploadRequest]) -> list[CloudReply]: ...
 
     def model_update(self, device_id: str, since: int = 0) -> UpdateMessage | None: ...
+
+    def device_state(self, device_id: str) -> dict: ...
+
+    def set_uncertainty(self, device_id: str, u, version: int = 0) -> None: ...
 
 
 class InProcessLink:
@@ -65,6 +77,12 @@ class InProcessLink:
 
     def fetch_update(self, device_id: str, since: int) -> UpdateMessage | None:
         return self.service.model_update(device_id, since)
+
+    def cloud_u_version(self, device_id: str) -> int:
+        return int(self.service.device_state(device_id).get("u_version") or 0)
+
+    def announce_u(self, device_id: str, u, version: int) -> None:
+        self.service.set_uncertainty(device_id, u, version)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -160,7 +160,7 @@ class DeviceRuntime:
             return base
         base.label, base.provenance = self.fuse.fuse(handle.device, label), "cloud"
         base.bytes_down, base.cloud_ms = reply.bytes_down, reply.cloud_ms
-        self._apply_u(reply)
+        self._apply_u(reply, base)
         base.u_version = self.u_version
         self._apply_weights(reply, base)
         return base
@@ -179,10 +179,22 @@ class DeviceRuntime:
             result.extra["update_bytes"] = message.bytes_down
             result.extra["update_applied"] = self.weights.offer(message, result.frame_id)
 
-    def _apply_u(self, reply) -> None:
-        """DCAM (eq. 14) happened in the cloud; take its U when it is newer than ours."""
-        if self.uncertainty is not None and reply.u_matrix is not None:
+    def _apply_u(self, reply, result: FrameResult) -> None:
+        """DCAM (eq. 14) happened in the cloud; take its U when it is newer than ours. A reply older than our U is
+        either late (replies overtake each other) or from a cloud that lost its state (a restart): the cloud's own
+        version tells which, and a cloud behind us gets our U back, so DCAM goes on from it instead of restarting
+        from the shipped one."""
+        if self.uncertainty is None:
+            return
+        if reply.u_matrix is not None:
             self.uncertainty.replace(np.asarray(reply.u_matrix, dtype=np.float64), reply.u_version)
+        elif reply.u_version < self.uncertainty.version and self.link is not None and hasattr(self.link, "announce_u"):
+            try:
+                if self.link.cloud_u_version(self.device_id) < self.uncertainty.version:
+                    self.link.announce_u(self.device_id, self.uncertainty.u, self.uncertainty.version)
+                    result.extra["u_announced"] = self.uncertainty.version
+            except Exception as e:  # the frame's result stands; the next stale reply tries again
+                result.extra["u_announce_error"] = type(e).__name__
 
     def close(self) -> None:
         if self.link is not None:
