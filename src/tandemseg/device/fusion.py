@@ -6,10 +6,12 @@
     fuse dual granularity    the refined coarse map and the cloud's fine probabilities, concatenated and mixed by a
                              few light convolutions; a frame the cloud never saw gets the refined map alone
 
-Gather-compute-scatter in plain torch for now. Checked here: MinkowskiEngine fails to build; `pip install spconv`
-would install spconv 2.3.8 with cumm, but whether its CPU kernels run with torch 2.13 and beat an index gather at
-eq. 12's mask densities (5-20% of the pixels) is not measured yet: that comparison belongs to the fusion issue's
-results. The modules keep the shapes of a single frame: (C, H, W) logits, (3, H, W) frame.
+Gather-compute-scatter in plain torch for now. Checked here: MinkowskiEngine fails to build; spconv 2.3.8 (with
+cumm) installs and runs on CPU with torch 2.13, and one submanifold 3x3 layer (14 -> 32 channels, 10% of a 360x480
+frame active, one thread) took 6.4 ms against 17.7 ms for `neighbourhoods` + a linear layer (a throwaway venv and
+script, not in the repo; spconv's first layer sees only active sites, this one also the unmasked neighbours).
+Moving to spconv, at a resolution that fits the 10% latency budget, is the fusion issue's next step. The modules
+keep the shapes of a single frame: (C, H, W) logits, (3, H, W) frame.
 """
 
 from __future__ import annotations
