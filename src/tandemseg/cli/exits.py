@@ -186,19 +186,20 @@ def policies_cmd(
 ) -> None:
     """MESS Fig. 4: exit policies (eq. 7 with and without eq. 9, mean confidence, an oracle) as mIoU vs GFLOPs."""
     torch.set_num_threads(threads)
+    ck = load_mess(ckpt, expect_classes=open_dataset(data, split).classes)
+    path = ck.net.check_path(exits.split(",")) if exits else default_path(ck.net)
+    if path[-1] != FINAL:
+        path = [*path, FINAL]
+    stages = [ck.net.stage_of(k) for k in path]
     runs = {}
     for s in shift:
         dataset = open_dataset(data, split, s)
-        ck = load_mess(ckpt, expect_classes=dataset.classes)
-        path = ck.net.check_path(exits.split(",")) if exits else default_path(ck.net)
-        if path[-1] != FINAL:
-            path = [*path, FINAL]
         n = len(dataset) if limit is None else min(limit, len(dataset))
         with progress() as bar:
             task = bar.add_task(f"exit policies, {s}", total=n, info="")
             collected = collect_scores(ck.net, path, _counted(frames_and_labels(dataset, limit), lambda t=task: bar.advance(t)),
                                        pixel_threshold, dataset.classes.ignore_index)
-        runs[s] = policy_curves(collected, path, [ck.net.stage_of(k) for k in path], gflops_table(ck.net, tuple(dataset[0].image.shape[:2])))
+        runs[s] = policy_curves(collected, path, stages, gflops_table(ck.net, tuple(dataset[0].image.shape[:2])))
         best = {name: max((p for p in pts if p["miou"] >= runs[s]["final"]["miou"] - 0.01), key=lambda p: -p["gflops"], default=None)
                 for name, pts in runs[s]["curves"].items()}
         out.print(f"{s}: fewest GFLOPs within 1 pp of the final exit ({100 * runs[s]['final']['miou']:.1f}%, "

@@ -133,8 +133,6 @@ class BatchedBackend:
         return await run_in_threadpool(service_set_u, self.service, device_id, u, version)
 
     async def model_update(self, device_id: str, since: int) -> UpdateMessage | None:
-        if getattr(self.service, "adaptation", None) is None:
-            return None
         return await run_in_threadpool(self.service.model_update, device_id, since)
 
 

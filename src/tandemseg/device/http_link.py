@@ -167,16 +167,10 @@ class HttpLink:
 
     def fetch_update(self, device_id: str, since: int) -> UpdateMessage | None:
         """GET /v1/devices/{id}/model?since=M: the adapted weights (checked by the device before use), None on 204."""
-        headers = {"Authorization": f"Bearer {self.token}"}
         path = f"/v1/devices/{device_id}/model"
-        try:
-            response = self._client.get(path, params={"since": since}, headers=headers)
-        except httpx.HTTPError as e:
-            raise LinkError(_transport_reason(e), f"GET {path}: {e}") from None
+        response = self._plain("GET", path, ok=(200, 204), params={"since": since})
         if response.status_code == 204:
             return None
-        if response.status_code != 200:
-            raise LinkError(f"http_{response.status_code}", f"GET {path}: {_error_text(response)}")
         try:
             version = int(response.headers.get(wire.H_MODEL_VERSION, ""))
         except ValueError:
@@ -187,13 +181,13 @@ class HttpLink:
     def _state_path(self) -> str:
         return f"/v1/devices/{self.device_id or self.whoami()}/state"
 
-    def _plain(self, method: str, path: str, auth: bool = True, **kw) -> httpx.Response:
+    def _plain(self, method: str, path: str, auth: bool = True, ok: tuple[int, ...] = (200,), **kw) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
         try:
             response = self._client.request(method, path, headers=headers, **kw)
         except httpx.HTTPError as e:
             raise LinkError(_transport_reason(e), f"{method} {path}: {e}") from None
-        if response.status_code != 200:
+        if response.status_code not in ok:
             raise LinkError(f"http_{response.status_code}", f"{method} {path}: {_error_text(response)}")
         return response
 

@@ -21,21 +21,17 @@ class CloudLink(Protocol):
 
     def close(self) -> None: ...
 
-
-class FetchesUpdates(Protocol):
-    """A link that can also download weight updates (CEMA); both links are."""
-
     def fetch_update(self, device_id: str, since: int) -> UpdateMessage | None:
-        """The device's adapted weights newer than version `since`, or None."""
+        """The device's adapted weights newer than version `since` (CEMA), or None."""
         ...
 
+    def cloud_u_version(self, device_id: str) -> int:
+        """The U version the cloud holds for this device."""
+        ...
 
-class SyncsState(Protocol):
-    """A link that can tell which U version the cloud holds for a device and give it the device's (both links)."""
-
-    def cloud_u_version(self, device_id: str) -> int: ...
-
-    def announce_u(self, device_id: str, u, version: int) -> None: ...
+    def announce_u(self, device_id: str, u, version: int) -> None:
+        """Give the cloud this device's U (a cloud that lost its state continues DCAM from it)."""
+        ...
 
 
 class SegmentsUploads(Protocol):

@@ -188,7 +188,7 @@ class DeviceRuntime:
             return
         if reply.u_matrix is not None:
             self.uncertainty.replace(np.asarray(reply.u_matrix, dtype=np.float64), reply.u_version)
-        elif reply.u_version < self.uncertainty.version and self.link is not None and hasattr(self.link, "announce_u"):
+        elif reply.u_version < self.uncertainty.version and self.link is not None:
             try:
                 if self.link.cloud_u_version(self.device_id) < self.uncertainty.version:
                     self.link.announce_u(self.device_id, self.uncertainty.u, self.uncertainty.version)

@@ -35,7 +35,7 @@ from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.steps import LiveModel
 from tandemseg.device.weights import WeightUpdater
 from tandemseg.errors import SpecError
-from tandemseg.eval.metrics import ConfusionMatrix
+from tandemseg.eval.metrics import ConfusionMatrix, miou_of
 from tandemseg.exits.calibrate import frame_confusion
 from tandemseg.heap import HeapTrimmer
 from tandemseg.wire.weights import encode_update
@@ -90,22 +90,15 @@ def run_adaptation(method: str, stream: SegDataset, setup: AdaptSetup, link: Clo
     """Drive the stream through the runtime; the figures of `tandemseg adapt --json`."""
     classes = stream.classes
     runtime, model, service = build_runtime(method, setup, classes, link)
-    online = ConfusionMatrix(classes.num_classes, classes.ignore_index)
-    per_condition: dict[str, ConfusionMatrix] = {}
-    windows: list[ConfusionMatrix] = []
     device_ms, uploads, bytes_up, bytes_down = [], 0, 0, 0
-    frame_cms = np.zeros((len(stream), classes.num_classes, classes.num_classes), dtype=np.int64)  # for paired bootstraps
+    frame_cms = np.zeros((len(stream), classes.num_classes, classes.num_classes), dtype=np.int64)  # every mIoU below derives from it
+    conditions = [_condition(stream, i) for i in range(len(stream))]
     trim = HeapTrimmer()
     for i in range(len(stream)):
         sample = stream[i]
         handle = runtime.process(sample.image, i)
-        pred = handle.device.pred  # the device's own map, under the weights in force now
-        online.update(pred, sample.label)
-        frame_cms[i] = frame_confusion(pred, sample.label, classes.num_classes, classes.ignore_index)
-        per_condition.setdefault(_condition(stream, i), ConfusionMatrix(classes.num_classes, classes.ignore_index)).update(pred, sample.label)
-        if i % setup.window == 0:
-            windows.append(ConfusionMatrix(classes.num_classes, classes.ignore_index))
-        windows[-1].update(pred, sample.label)
+        # the device's own map, under the weights in force now
+        frame_cms[i] = frame_confusion(handle.device.pred, sample.label, classes.num_classes, classes.ignore_index)
         result = runtime.finish(handle)
         device_ms.append(result.device_ms)
         uploads += int(result.uploaded)
@@ -121,12 +114,12 @@ def run_adaptation(method: str, stream: SegDataset, setup: AdaptSetup, link: Clo
     source = getattr(stream, "source_index", lambda i: i)
     return {
         "frame_cms": frame_cms, "source_frames": [int(source(i)) for i in range(frames)],
-        "method": method, "frames": frames, "device_miou": online.miou(), "final_device_miou": final,
+        "method": method, "frames": frames, "device_miou": miou_of(frame_cms.sum(0)), "final_device_miou": final,
         "uploads": uploads, "upload_rate": uploads / frames if frames else 0.0, "bytes_up": bytes_up, "bytes_down": bytes_down,
         "updates_applied": weights.applied if weights else 0, "updates_rejected": weights.rejected if weights else 0,
         "updates_rolled_back": weights.rolled_back if weights else 0,
-        "per_condition": {k: v.miou() for k, v in per_condition.items()},
-        "curve": {"window": setup.window, "miou": [w.miou() for w in windows]},
+        "per_condition": {c: miou_of(frame_cms[[j for j, x in enumerate(conditions) if x == c]].sum(0)) for c in dict.fromkeys(conditions)},
+        "curve": {"window": setup.window, "miou": [miou_of(frame_cms[k:k + setup.window].sum(0)) for k in range(0, frames, setup.window)]},
         "device_ms_median": statistics.median(device_ms) if device_ms else 0.0,
         "device_ms_mean": float(np.mean(device_ms)) if device_ms else 0.0,
         "adaptation": service.stats() if service is not None else None,

@@ -56,7 +56,6 @@ class Adapter:
         self.buffer = ReplayBuffer(config.buffer_frames, config.buffer_bytes, config.eviction, config.seed)
         self.snapshot: tuple[int, dict[str, torch.Tensor]] = (0, {})  # (version, adapted tensors), replaced as one
         self.resets = 0
-        self.history: list[dict] = []
 
     def step(self, frames: list[np.ndarray]) -> dict:
         new = to_tensor(frames)  # (B, 3, H, W) in [0, 1]
@@ -70,7 +69,6 @@ class Adapter:
         record = {"version": self.version, "frames": len(frames), "replayed": len(replayed), "foundation_entropy": f_entropy,
                   "student_loss": float(np.mean(s_loss)), "resets": self.resets, "buffer_frames": len(self.buffer),
                   "buffer_bytes": self.buffer.nbytes}
-        self.history.append(record)
         return record
 
     def _foundation_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import OrderedDict
 
 import numpy as np
 from torch import nn
@@ -30,7 +29,7 @@ class AdaptationService:
                  synchronous: bool = False) -> None:
         self.config = config or AdaptConfig()
         self.foundation, self.device_model, self.num_classes = foundation, device_model, num_classes
-        self.adapters: OrderedDict[str, Adapter] = OrderedDict()
+        self.adapters: dict[str, Adapter] = {}
         self.pending: dict[str, list[np.ndarray]] = {}
         self.counters = {"queued": 0, "dropped_queue_full": 0, "dropped_device_limit": 0, "skipped_features": 0,
                          "steps": 0, "failed": 0}
@@ -51,8 +50,7 @@ class AdaptationService:
             self._count("skipped_features")
             return False
         if self.synchronous:
-            self._consume(request)
-            return True
+            return self._consume_counted(request)
         try:
             self._queue.put_nowait(request)
         except queue.Full:
@@ -99,18 +97,23 @@ class AdaptationService:
             request = self._queue.get()
             if request is None:
                 return
-            try:
-                self._consume(request)
-            except Exception:  # a bad frame must not stop adaptation for everyone; counted
-                self._count("failed")
+            self._consume_counted(request)
 
-    def _consume(self, request: UploadRequest) -> None:
+    def _consume_counted(self, request: UploadRequest) -> bool:
+        """A frame that fails to adapt on is counted, never raised: the segment replies already exist."""
+        try:
+            return self._consume(request)
+        except Exception:  # noqa: BLE001 - a bad frame must not stop adaptation for everyone, nor lose a reply
+            self._count("failed")
+            return False
+
+    def _consume(self, request: UploadRequest) -> bool:
         key = self.key(request.device_id)
         with self._lock:
             adapter = self.adapters.get(key)
             if adapter is None and len(self.adapters) >= self.config.max_devices:
                 self.counters["dropped_device_limit"] += 1
-                return
+                return False
         if adapter is None:
             adapter = Adapter(self.foundation, self.device_model, self.num_classes, self.config)
             with self._lock:
@@ -125,3 +128,4 @@ class AdaptationService:
         if ready:
             adapter.step(batch)
             self._count("steps")
+        return True
