@@ -16,6 +16,7 @@ from tandemseg.cli import codec as codec_cli
 from tandemseg.cli import data as data_cli
 from tandemseg.cli import demo as demo_cli
 from tandemseg.cli import exits as exits_cli
+from tandemseg.cli import fusion as fusion_cli
 from tandemseg.cli import models as models_cli
 from tandemseg.cli import offload as offload_cli
 from tandemseg.cli import report as report_cli
@@ -39,6 +40,7 @@ app.command("loadtest", help="Simulate K concurrent devices against a server: th
 app.command("rd", help="Rate-distortion on real bytes: feature codecs (JD, SD+D, float) vs image codecs into the cloud model.")(codec_cli.rd)
 app.add_typer(exits_cli.app, name="exits", help="Multi-exit device networks (MESS): train stage 1/2, search a configuration, evaluate it.")
 app.add_typer(codec_cli.app, name="codec", help="Feature codec (JD): train and evaluate on real range-coded bitstreams.")
+app.add_typer(fusion_cli.app, name="fusion", help="Collaborative fusion (ACDC CFE): train the refinement and fusion on frozen models.")
 app.add_typer(report_cli.app, name="report", help="Rebuild the Markdown tables of docs/results/ from the JSON results.")
 
 

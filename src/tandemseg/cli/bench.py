@@ -25,11 +25,50 @@ from tandemseg.exits.checkpoint import load_mess
 from tandemseg.exits.costs import gflops_table
 from tandemseg.exits.export import exit_latencies
 from tandemseg.exits.network import FINAL
+from tandemseg.models.registry import MODEL_KINDS
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchmark models (params, FLOPs, latency, memory) and the data pipeline.")
 
 DEFAULT_CKPT_ROOT = Path("checkpoints")
 PARITY_FRAMES = 2  # frames the bench compares PyTorch and ONNX on: a sanity check, export-onnx does more
+
+
+def checkpoint_kind(folder: Path) -> str:
+    """The `kind` of a checkpoint card ('device', 'cloud', 'fusion', 'codec', ...); CheckpointError when unreadable."""
+    from tandemseg.errors import CheckpointError
+    from tandemseg.models.checkpoint import read_json_card
+
+    return str(read_json_card(folder / "card.json", CheckpointError, ("kind",), "pass a checkpoint folder").get("kind"))
+
+
+def bench_fusion(folder: Path, input_hw: tuple[int, int], threads: list[int], warmup: int, runs: int) -> list[dict]:
+    """CFE's cost on top of the device model step it was trained for (the card names the device checkpoint)."""
+    from tandemseg.device.steps import FusionStep
+    from tandemseg.eval.profile import profile_fusion
+    from tandemseg.fusion.checkpoint import load_fusion, read_fusion_card
+    from tandemseg.models.checkpoint import load_checkpoint
+
+    card = read_fusion_card(folder)
+    device_folder = Path(card.get("device_ckpt") or "")
+    if not (device_folder / "card.json").is_file():
+        raise TandemsegError(f"{folder}: its card names device checkpoint {device_folder}, which is not here; bench it next to that checkpoint")
+    device = load_checkpoint(device_folder, expect_kind="device").model
+    ck = load_fusion(folder, device)
+    step = FusionStep(ck.fusion, "cfe")
+    common = {"model": folder.name, "path": str(folder), "kind": "fusion", "device": str(device_folder), "input_hw": list(input_hw),
+              "config": ck.fusion.cfg.to_json(), "parameters": sum(p.numel() for p in ck.fusion.parameters())}
+    return [{**common, "threads": t, **profile_fusion(step, device, input_hw, t, warmup, runs)} for t in threads]
+
+
+def fusion_table(rows: list[dict]) -> Table:
+    table = Table(title="CFE on top of the device model step (median ms)", box=None, pad_edge=False, header_style="bold underline")
+    for name in ("CFE", "thr", "refiner", "device step", "+ refine", "overhead", "+ refine + fuse"):
+        table.add_column(name, justify="left" if name in ("CFE", "refiner") else "right", no_wrap=True)
+    for r in rows:
+        c = r["config"]
+        table.add_row(r["model"], str(r["threads"]), f"{c['refiner']} x{c['layers']} @{c['top_percent']:g}%", f"{r['device_step_ms']:.1f}",
+                      f"{r['cfe_local_ms']:.2f}", f"{100 * r['cfe_local_overhead']:.1f}%", f"{r['cfe_answered_ms']:.2f}")
+    return table
 
 
 def find_checkpoints(root: Path = DEFAULT_CKPT_ROOT) -> list[Path]:
@@ -145,6 +184,17 @@ def models_markdown(payload: dict) -> str:
             f"{r['latency_ms_median']:.1f} / {r['latency_ms_p90']:.1f} | {_fmt(r.get('onnx_latency_ms_median'), '.1f')} | "
             f"{_fmt(r.get('peak_memory_mb'), '.0f')} | {_fmt(r.get('val_miou'), '.4f')} |"
         )
+    if payload.get("fusion"):
+        lines += ["", "## CFE (ACDC sec. 3.2.3) on top of the device model step", "",
+                  "The device model step is the runtime's (`run_device`: network, upsampling, label map). `+ refine` is the fuse",
+                  "step of a frame the cloud did not answer (the refined map), `+ refine + fuse` of an answered one (the reply's",
+                  "4-bit probabilities unpacked and fused). Interleaved runs on one random frame (the mask is a fixed share).", "",
+                  "| CFE | threads | refiner | params | device step ms | + refine ms | overhead | + refine + fuse ms |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for r in payload["fusion"]:
+            c = r["config"]
+            lines.append(f"| {r['model']} | {r['threads']} | {c['refiner']} x{c['layers']} at {c['top_percent']:g}% | {r['parameters']} | "
+                         f"{r['device_step_ms']:.1f} | {r['cfe_local_ms']:.2f} | {100 * r['cfe_local_overhead']:.1f}% | {r['cfe_answered_ms']:.2f} |")
     parity = {r["model"]: f"{r['model']} max |logit diff| {r['onnx_max_abs_diff']:.1e}, argmax agreement {100 * r['onnx_argmax_agreement']:.2f}%"
               for r in payload["models"] if r.get("onnx_max_abs_diff") is not None}
     if parity:
@@ -207,14 +257,26 @@ def models(
     if min(threads) < 1:
         raise TandemsegError(f"--threads must be >= 1, got {min(threads)}")
     rows: list[dict] = []
+    fusion_rows: list[dict] = []
     for folder in folders:
+        kind = checkpoint_kind(Path(folder))
+        if kind == "fusion":
+            with console.status(f"profiling CFE {folder}"):
+                fusion_rows += bench_fusion(Path(folder), (height, width), threads, warmup, runs)
+            continue
+        if kind not in MODEL_KINDS:
+            console.print(f"[dim]{folder}: a {kind} checkpoint, not a model (bench codec / bench exits time those)[/dim]")
+            continue
         with console.status(f"profiling {folder}"):
             rows += bench_checkpoint(Path(folder), (height, width), threads, warmup, runs, memory, onnx)
         console.print(f"[dim]{folder}: " + ", ".join(f"{r['latency_ms_median']:.1f} ms ({r['threads']} thr)" for r in rows[-len(threads):]) + "[/dim]")
     rows.sort(key=lambda r: r["threads"])  # stable: one block per thread count, checkpoints in folder order
-    out.print(models_table(rows, (height, width)))
+    if rows:
+        out.print(models_table(rows, (height, width)))
+    if fusion_rows:
+        out.print(fusion_table(fusion_rows))
     payload = {"command": command_line(), "niceness": os.nice(0), "load_avg_1min_start": load_start, "threads": threads, "input_hw": [height, width], "warmup": warmup, "runs": runs,
-               "machine": machine_info(), "models": rows}
+               "machine": machine_info(), "models": rows, "fusion": fusion_rows}
     write_json(json_path, payload)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,9 @@ the collab cache and sweep, the device runtime) and writes everything under --ou
   preview.png   frames of the stream next to their labels and clean originals
   alone.json    device and cloud mIoU, clean and under the stream
   collab.json   every upload policy at three target rates (+ collab.png, the curves)
-  panel.png     a few frames per condition through the real DeviceRuntime: frame, device map, cloud map,
-                final map, label, and why each was uploaded or kept (score against the threshold)
+  fusion.json   CFE (ACDC's collaborative fusion) against "cloud or device" at the same uploads
+  panel.png     a few frames per condition through the real DeviceRuntime (with CFE): frame, device map, cloud
+                map, final map, label, and why each was uploaded or kept (score against the threshold)
   panel.json    the decision of every frame of that run
 """
 
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.markdown import Markdown
 from rich.table import Table
 
 from tandemseg.cli import offload as offload_cli
+from tandemseg.cli.fusion import fusion_markdown
 from tandemseg.cli.common import console, out, progress, write_json
 from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.base import SegDataset
@@ -28,22 +31,26 @@ from tandemseg.device.budget import BudgetSpec, make_controller
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
+from tandemseg.device.steps import FusionStep
 from tandemseg.device.uncertainty import UncertaintyMatrix
 from tandemseg.errors import TandemsegError
 from tandemseg.eval import cache as K
 from tandemseg.eval import collab as C
 from tandemseg.eval import metrics as M
 from tandemseg.eval.evaluate import evaluate
+from tandemseg.eval.fusion import BASE, Variant, fusion_table, upload_masks
 from tandemseg.eval.panel import draw_panel
 from tandemseg.eval.plots import plot_sweep
 from tandemseg.eval.preview import preview_grid
 from tandemseg.eval.walkthrough import FrameTrace, pick_frames, walk_stream
+from tandemseg.fusion.checkpoint import load_fusion
 from tandemseg.models.checkpoint import load_checkpoint
 
 CHECKPOINTS = Path("checkpoints")
 # A stream whose difficulty drifts: clean frames, then fog, sensor noise and dusk, 15 frames each.
 DEMO_SHIFT = "stream:clean,fog:3,gaussian_noise:3,dusk/15"
 SWEEP_RATES = (0.1, 0.2, 0.3)
+FUSION_RATES = (0.1, 0.2)
 PANEL_POLICY, PANEL_RATE = "acdc", 0.2
 PANEL_FRAMES_PER_CONDITION = 2
 
@@ -58,7 +65,7 @@ def demo(
     """Run the device alone, the cloud alone, the two in tandem under every upload policy, and show a few frames."""
     device_ckpt, cloud_ckpt = checkpoints / "synthetic-device", checkpoints / "synthetic-cloud"
     u_path = checkpoints / "synthetic-uncertainty.safetensors"
-    for p in (device_ckpt, cloud_ckpt, u_path):
+    for p in (device_ckpt, cloud_ckpt, u_path, checkpoints / "synthetic-fusion"):
         if not p.exists():
             raise TandemsegError(f"{p} is missing; run the demo from the repository root (or pass --checkpoints)")
     if frames < 4:
@@ -83,8 +90,12 @@ def demo(
     um = UncertaintyMatrix.load(u_path, expect_classes=clean.classes)
     sweep_policies(cache, um, shift, out_dir)
 
-    console.rule(f"[bold]4. a look at the frames: {PANEL_POLICY} at {PANEL_RATE:.0%} through the device runtime")
-    traces = walk_runtime(shifted, device, cloud, um, cache, frames)
+    console.rule("[bold]4. CFE: refine the device's map where it is unsure, fuse the cloud's answer into it")
+    fuse = FusionStep(load_fusion(checkpoints / "synthetic-fusion", device, expect_classes=clean.classes).fusion, "cfe")
+    fusion_summary(shifted, device, cloud, um, cache, fuse, frames, out_dir)
+
+    console.rule(f"[bold]5. a look at the frames: {PANEL_POLICY} at {PANEL_RATE:.0%} through the device runtime, with CFE")
+    traces = walk_runtime(shifted, device, cloud, um, cache, frames, fuse)
     show_frames(traces, shifted, out_dir)
     console.print(f"\n[bold]done.[/bold] Look at {out_dir / 'panel.png'}, {out_dir / 'collab.png'} and {out_dir / 'preview.png'}; "
                   f"numbers in {out_dir}/*.json")
@@ -126,11 +137,24 @@ def sweep_policies(cache: K.CollabCache, um: UncertaintyMatrix, shift: str, out_
     write_json(out_dir / "collab.json", payload)
 
 
-def walk_runtime(dataset: SegDataset, device, cloud, um: UncertaintyMatrix, cache: K.CollabCache, frames: int) -> list[FrameTrace]:
+def fusion_summary(dataset: SegDataset, device, cloud, um: UncertaintyMatrix, cache: K.CollabCache, fuse: FusionStep,
+                   frames: int, out_dir: Path) -> None:
+    """The stream once more through the runtime with the CFE fuse step, then base and CFE at the same uploads."""
+    with progress() as bar:
+        task = bar.add_task("device + cloud + CFE per frame", total=min(frames, len(dataset)), info="")
+        with_cfe = K.build_cache(dataset, device, cloud, "png", limit=frames, on_frame=lambda: bar.advance(task), fuse=fuse)
+    masks = upload_masks(cache, ("acdc", "entropy"), FUSION_RATES, um)
+    result = fusion_table([Variant(BASE, "none", cache), Variant("cfe", "cfe", with_cfe)], masks, resamples=200)
+    out.print(Markdown(fusion_markdown({"data": "synthetic", "split": "val", "shift": "demo stream", **result})))
+    write_json(out_dir / "fusion.json", result)
+
+
+def walk_runtime(dataset: SegDataset, device, cloud, um: UncertaintyMatrix, cache: K.CollabCache, frames: int,
+                 fuse: FusionStep | None = None) -> list[FrameTrace]:
     """The stream through DeviceRuntime + InProcessLink with PANEL_POLICY at PANEL_RATE, frame by frame."""
     u = copy.deepcopy(um)  # the run may not change the loaded matrix
     runtime = DeviceRuntime(device, make_policy(PANEL_POLICY, u), make_controller(BudgetSpec(rate=PANEL_RATE)),
-                            InProcessLink(CloudService(ModelSegmenter(cloud), dataset.classes)), uncertainty=u)
+                            InProcessLink(CloudService(ModelSegmenter(cloud), dataset.classes)), uncertainty=u, fuse=fuse)
     try:
         with progress() as bar:
             task = bar.add_task("device runtime", total=min(frames, len(dataset)), info="")

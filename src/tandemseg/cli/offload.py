@@ -18,7 +18,7 @@ from tandemseg.data.shifts.stream import RepeatedSchedules
 from tandemseg.data.spec import open_dataset
 from tandemseg.device.budget import BudgetSpec, check_rate
 from tandemseg.device.policies import POLICIES
-from tandemseg.device.steps import load_exit_model
+from tandemseg.device.steps import FUSION_MODES, FuseStep, load_exit_model, make_fuse_step
 from tandemseg.device.uncertainty import (
     FEATURES,
     KernelSpec,
@@ -31,6 +31,7 @@ from tandemseg.eval import collab as C
 from tandemseg.eval import replay as R
 from tandemseg.eval.bootstrap import DEFAULT_RESAMPLES
 from tandemseg.eval.calibration import load_or_compute_stats
+from tandemseg.fusion.checkpoint import load_fusion
 from tandemseg.models.checkpoint import load_checkpoint
 from tandemseg.wire.payload import FEATURES as FEATURE_UPLOAD
 from tandemseg.wire.payload import parse_upload_codec
@@ -142,6 +143,8 @@ def collab(
     codec: str = typer.Option("png", help="upload codec: png | jpeg:Q | webp:Q | features (JD bitstreams; needs --feature-codec)"),
     feature_codec: Path = typer.Option(None, help="JD feature codec checkpoint trained for --device-ckpt (with --codec features)"),
     mess_ckpt: Path = typer.Option(None, help="single runs: a searched MESS checkpoint (`exits search`) as the device; confident early exits stay local"),
+    fusion: str = typer.Option("none", help="ACDC CFE: none (cloud's map or device's) | refine (refined device maps) | cfe (refine + fuse with the cloud's probabilities)"),
+    fusion_ckpt: Path = typer.Option(None, help="CFE checkpoint trained for --device-ckpt (`tandemseg fusion train`), for --fusion refine|cfe"),
     sweep: str = typer.Option(None, help="comma-separated rates: run every policy at each and plot mIoU vs upload rate"),
     policies: str = typer.Option(",".join(C.SWEEP_POLICIES), help="policies of a sweep"),
     dcam_alpha: float = typer.Option(0.0, help="DCAM update weight alpha (eq. 14); 0 = off"),
@@ -184,8 +187,10 @@ def collab(
             raise SpecError(f"unknown policy {name!r}; valid: {', '.join(POLICIES)}")
     if not sweep and policy in C.U_POLICIES and uncertainty is None:
         raise SpecError(f"policy {policy!r} needs an uncertainty matrix: pass --uncertainty U.safetensors (from `tandemseg fit-uncertainty`)")
+    check_fusion_args(fusion, fusion_ckpt)
     dataset, limit = open_stream(data, split, shift, seed, repeat_schedules, limit)
     dev = load_checkpoint(device_ckpt, expect_kind="device", expect_classes=dataset.classes)
+    fuse = load_fuse_step(fusion, fusion_ckpt, dev.model, dataset.classes)
     cloud = load_checkpoint(cloud_ckpt, expect_kind="cloud", expect_classes=dataset.classes)
     um = UncertaintyMatrix.load(uncertainty, expect_classes=dataset.classes) if uncertainty else None
     variants = parse_variants(variant, dataset.classes)
@@ -197,12 +202,15 @@ def collab(
                 "device": K.checkpoint_identity(device_ckpt), "cloud": K.checkpoint_identity(cloud_ckpt)}
     if feature_codec:
         identity["feature_codec"] = K.checkpoint_identity(feature_codec)
-    cache = load_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir, identity, fcodec)
+    if fusion_ckpt is not None and fusion != "none":
+        identity["fusion"] = {"mode": fusion, **K.checkpoint_identity(fusion_ckpt)}
+    cache = load_cache(dataset, dev.model, cloud.model, codec, limit, send, cache_dir, identity, fcodec, fuse)
     budget = BudgetSpec(rate=rate, mode=controller, bytes_per_s=bytes_per_s, fps=fps)
     header = {"data": data, "split": split, "shift": shift, "repeat_schedules": repeat_schedules, "codec": codec,
               "device_ckpt": str(device_ckpt), "cloud_ckpt": str(cloud_ckpt),
               "uncertainty": str(uncertainty) if uncertainty else None, "u_meta": um.meta if um else None,
-              "dcam_alpha": dcam_alpha, "controller": controller, **K.cache_info(cache)}
+              "dcam_alpha": dcam_alpha, "controller": controller, "fusion": fusion,
+              "fusion_ckpt": str(fusion_ckpt) if fusion_ckpt else None, **K.cache_info(cache)}
     if sweep:
         result = C.sweep_policies(cache, rates, names, um, variants, controller, seed, dcam_alpha, bootstrap, bootstrap_seed)
         payload = {**header, **result}
@@ -220,7 +228,7 @@ def collab(
     with progress() as bar:
         task = bar.add_task(f"runtime {policy}", total=cache.frames, info="")
         payload = {**header, **C.single_run(dataset, cache, run, dev.model, cloud.model, codec, limit, send, bootstrap, bootstrap_seed,
-                                            on_frame=lambda: bar.advance(task), feature_codec=fcodec, exit_model=exit_model)}
+                                            on_frame=lambda: bar.advance(task), feature_codec=fcodec, exit_model=exit_model, fuse=fuse)}
     print_single(payload)
     write_json(json_path, payload)
 
@@ -253,13 +261,27 @@ def parse_variants(items: list[str], classes) -> dict[str, UncertaintyMatrix]:
     return out
 
 
+def check_fusion_args(fusion: str, fusion_ckpt: Path | None) -> None:
+    """--fusion and --fusion-ckpt agree, before any slow work (the step itself is built by `load_fuse_step`)."""
+    if fusion.strip().lower() not in FUSION_MODES:
+        raise SpecError(f"unknown --fusion {fusion!r}; valid: {', '.join(FUSION_MODES)}")
+    if (fusion.strip().lower() != "none") != (fusion_ckpt is not None):
+        raise SpecError("--fusion refine|cfe needs --fusion-ckpt DIR (a CFE trained for this device), and --fusion-ckpt needs --fusion refine|cfe")
+
+
+def load_fuse_step(fusion: str, fusion_ckpt: Path | None, device_model, classes) -> FuseStep:
+    """The runtime's fuse step: CloudLabel for `none`, else the CFE of `fusion_ckpt` (refused for another device)."""
+    ck = load_fusion(fusion_ckpt, device_model, expect_classes=classes) if fusion_ckpt is not None else None
+    return make_fuse_step(fusion, ck.fusion if ck else None)
+
+
 def load_cache(dataset, device_model, cloud_model, codec: str, limit, send: bool, cache_dir: Path | None, identity: dict,
-               feature_codec=None) -> K.CollabCache:
+               feature_codec=None, fuse: FuseStep | None = None) -> K.CollabCache:
     n = len(dataset) if limit is None else min(limit, len(dataset))
     with progress() as bar:
         task = bar.add_task("device + cloud per frame", total=n, info="")
         cache, path = K.load_or_build_cache(dataset, device_model, cloud_model, codec, limit, send, cache_dir, identity,
-                                            on_frame=lambda: bar.advance(task), feature_codec=feature_codec)
+                                            on_frame=lambda: bar.advance(task), feature_codec=feature_codec, fuse=fuse)
     if path is not None:
         console.print(f"[dim]per-frame results from {path}[/dim]")
     return cache

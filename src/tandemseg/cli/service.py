@@ -200,6 +200,8 @@ def device(
     codec: str = typer.Option("png", help="upload codec: png | jpeg:Q | webp:Q | features (JD bitstreams; needs --feature-codec)"),
     feature_codec: Path = typer.Option(None, help="JD feature codec checkpoint trained for --device-ckpt (with --codec features)"),
     dcam: bool = typer.Option(True, help="send the coarse probabilities so the cloud's DCAM adapts U (eq. 13-14)"),
+    fusion: str = typer.Option("none", help="ACDC CFE: none | refine (refined device maps) | cfe (refine + fuse with the cloud's probabilities)"),
+    fusion_ckpt: Path = typer.Option(None, help="CFE checkpoint trained for --device-ckpt (`tandemseg fusion train`)"),
     limit: int = typer.Option(None, help="first N frames only"),
     seed: int = typer.Option(0, help="seed of shifts and of the random policy"),
     deadline_ms: float = typer.Option(2000.0, help="a frame waits at most this long for the cloud, then keeps the device's map"),
@@ -224,13 +226,17 @@ def device(
     if deadline_ms <= 0 or timeout_s <= 0:
         raise SpecError("--deadline-ms and --timeout-s must be > 0")
     retry = RetryPolicy(attempts=retries + 1, timeout_s=timeout_s, deadline_s=max(deadline_ms / 1000.0, timeout_s))
+    from tandemseg.cli.offload import check_fusion_args, load_fuse_step
     from tandemseg.eval.device_stream import run_device_client
+
+    check_fusion_args(fusion, fusion_ckpt)
 
     payload = run_device_client(
         server, token, data, split, shift, device_ckpt, uncertainty, policy, rate, controller, bytes_per_s, fps, codec, dcam,
         limit, seed, retry, StreamConfig(deadline_ms / 1000.0, max_lag, fps if pace else 0.0), cloud_ckpt, progress_bar=progress,
-        feature_codec=feature_codec,
+        feature_codec=feature_codec, fuse_factory=lambda model, classes: load_fuse_step(fusion, fusion_ckpt, model, classes),
     )
+    payload["fusion"], payload["fusion_ckpt"] = fusion, str(fusion_ckpt) if fusion_ckpt else None
     print_device(payload)
     write_json(json_path, payload)
 

@@ -172,12 +172,14 @@ SEGMENT_OPENAPI = {
             (wire.H_PROBS_SHAPE, False, "Cxhxw of the zlib uint8 device probabilities that follow the frame"),
             (wire.H_U_VERSION, False, "the U version the device holds"),
             (wire.H_DEVICE, False, "optional; must equal the token's device"),
+            (wire.H_REPLY_PROBS, False, "1: the reply also carries the cloud's 4-bit class probabilities (CFE)"),
         ]
     ],
     "requestBody": {"required": True, "content": {wire.OCTET: {"schema": {"type": "string", "format": "binary"}}}},
     "responses": {
         "200": {
-            "description": "label PNG, then U as float32 C*C when DCAM changed it (headers X-Tandemseg-Label-Bytes, X-Tandemseg-U-Shape)",
+            "description": "label PNG, then the cloud's probabilities when asked (X-Tandemseg-Cloud-Probs-Shape/-Bytes), then U as "
+                           "float32 C*C when DCAM changed it (headers X-Tandemseg-Label-Bytes, X-Tandemseg-U-Shape)",
             "content": {wire.OCTET: {"schema": {"type": "string", "format": "binary"}}},
         },
         **{str(code): {"description": why, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

@@ -26,16 +26,21 @@ from tandemseg.codec.model import FeatureCodec
 from tandemseg.data.classes import ClassTable
 from tandemseg.data.tensors import to_tensor
 from tandemseg.heap import HeapTrimmer
+from tandemseg.models.blocks import resize
 from tandemseg.wire.messages import CloudReply, UploadRequest
 from tandemseg.wire.payload import FEATURES, PayloadError
 from tandemseg.wire.weights import UpdateMessage
 
 
+Predictions = tuple[list[np.ndarray], list[float], list[np.ndarray | None]]
+
+
 class Segmenter(Protocol):
     """The service's inference step: label maps for a batch of uploads."""
 
-    def predict(self, requests: list[UploadRequest]) -> tuple[list[np.ndarray], list[float]]:
-        """(H, W) uint8 label maps, one per request, and each request's share of the compute ms."""
+    def predict(self, requests: list[UploadRequest]) -> Predictions:
+        """(H, W) uint8 label maps, one per request, each request's share of the compute ms, and the class
+        probabilities (C, h, w) at the model's own resolution for the requests that asked (`reply_probs`), else None."""
         ...
 
 
@@ -48,28 +53,32 @@ class ModelSegmenter:
         self.model = model.eval()
         self.feature_codec = feature_codec.eval() if feature_codec is not None else None
 
-    def predict(self, requests: list[UploadRequest]) -> tuple[list[np.ndarray], list[float]]:
+    def predict(self, requests: list[UploadRequest]) -> Predictions:
         preds: list[np.ndarray] = [np.empty(0)] * len(requests)
+        probs: list[np.ndarray | None] = [None] * len(requests)
         cloud_ms = [0.0] * len(requests)
         groups: dict[tuple[int, int], list[int]] = {}
         frames: dict[int, np.ndarray] = {}
         for i, r in enumerate(requests):
             if r.codec == FEATURES:
-                preds[i], cloud_ms[i] = self._decode_features(r)
+                preds[i], cloud_ms[i], probs[i] = self._decode_features(r)
             else:
                 frames[i] = decode_upload(r)
                 groups.setdefault(frames[i].shape[:2], []).append(i)
         for idx in groups.values():
             t0 = time.perf_counter()
             with torch.inference_mode():
-                logits = self.model(to_tensor([frames[i] for i in idx]))  # (n, C, H, W)
-                labels = logits.argmax(1).to(torch.uint8).numpy()  # (n, H, W)
+                x = to_tensor([frames[i] for i in idx])  # (n, 3, H, W)
+                coarse = self.model.forward_coarse(x)  # (n, C, h, w): what model(x) upsamples
+                labels = resize(coarse, x.shape[-2:]).argmax(1).to(torch.uint8).numpy()  # (n, H, W)
+                for j, i in enumerate(idx):
+                    probs[i] = coarse[j].float().softmax(0).numpy() if requests[i].reply_probs else None  # (C, h, w)
             ms = (time.perf_counter() - t0) * 1e3 / len(idx)
             for j, i in enumerate(idx):
                 preds[i], cloud_ms[i] = labels[j], ms
-        return preds, cloud_ms
+        return preds, cloud_ms, probs
 
-    def _decode_features(self, request: UploadRequest) -> tuple[np.ndarray, float]:
+    def _decode_features(self, request: UploadRequest) -> tuple[np.ndarray, float, np.ndarray | None]:
         """JD: bitstream -> exact latents -> joint decoder -> label map; BitstreamError for foreign or damaged bytes."""
         if self.feature_codec is None:
             raise PayloadError(f"frame {request.frame_id} carries JD features but this cloud has no feature codec; "
@@ -79,7 +88,11 @@ class ModelSegmenter:
         if tuple(stream.frame_hw) != (request.height, request.width):
             raise PayloadError(f"frame {request.frame_id}: the bitstream is for {stream.frame_hw} but the request says {request.height}x{request.width}")
         label = logits.argmax(1)[0].to(torch.uint8).numpy()  # (H, W)
-        return label, (time.perf_counter() - t0) * 1e3
+        probs = None
+        if request.reply_probs:  # the joint decoder predicts at full size; the reply carries it at /4, as images get it
+            h, w = logits.shape[-2:]
+            probs = torch.nn.functional.interpolate(logits.softmax(1), size=(max(1, h // 4), max(1, w // 4)), mode="area")[0].numpy()
+        return label, (time.perf_counter() - t0) * 1e3, probs
 
 
 class CloudService:
@@ -108,9 +121,9 @@ class CloudService:
     def segment(self, requests: list[UploadRequest]) -> list[tuple[CloudReply, DcamEvidence | None]]:
         """Segment (the Segmenter decodes), encode; with each reply its DCAM evidence.
         Touches no per-device state, so any replica can run it."""
-        preds, cloud_ms = self.segmenter.predict(requests)
-        return [(encode_prediction(r, pred, ms), self.dcam.evidence(upload_probs(r), pred))
-                for r, pred, ms in zip(requests, preds, cloud_ms, strict=True)]
+        preds, cloud_ms, probs = self.segmenter.predict(requests)
+        return [(encode_prediction(r, pred, ms, p), self.dcam.evidence(upload_probs(r), pred))
+                for r, pred, ms, p in zip(requests, preds, cloud_ms, probs, strict=True)]
 
     def segment_batch(self, requests: list[UploadRequest]) -> list[CloudReply]:
         """`segment`, then each device's DCAM update; a reply carries U when the device's copy is stale."""

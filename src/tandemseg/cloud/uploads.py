@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from tandemseg.wire.messages import PROTOCOL_VERSION, CloudReply, UploadRequest
-from tandemseg.wire.payload import PayloadError, decode_frame, encode_label_png, unpack_probs
+from tandemseg.wire.payload import CLOUD_PROB_LEVELS, PayloadError, decode_frame, encode_label_png, pack_probs, unpack_probs
 
 
 def decode_upload(request: UploadRequest) -> np.ndarray:
@@ -30,6 +30,10 @@ def upload_probs(request: UploadRequest) -> np.ndarray | None:
     return unpack_probs(request.device_probs, request.device_probs_shape)
 
 
-def encode_prediction(request: UploadRequest, pred: np.ndarray, cloud_ms: float) -> CloudReply:
-    """The reply to `request`: the fine label map (H, W) as PNG and the frame's share of the compute time."""
-    return CloudReply(request.frame_id, encode_label_png(pred), cloud_ms=cloud_ms)
+def encode_prediction(request: UploadRequest, pred: np.ndarray, cloud_ms: float, probs: np.ndarray | None = None) -> CloudReply:
+    """The reply to `request`: the fine label map (H, W) as PNG, the frame's share of the compute time and, when the
+    request asked (CFE), the class probabilities (C, h, w) at 4 bits (CLOUD_PROB_LEVELS)."""
+    reply = CloudReply(request.frame_id, encode_label_png(pred), cloud_ms=cloud_ms)
+    if request.reply_probs and probs is not None:
+        reply.probs, reply.probs_shape = pack_probs(probs, CLOUD_PROB_LEVELS)
+    return reply

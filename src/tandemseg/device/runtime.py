@@ -74,6 +74,7 @@ class FrameResult:
     u_version: int = 0
     exit: str = "final"  # the MESS exit that answered on the device ('final' without MESS)
     device_gflops: float | None = None
+    fuse_ms: float = 0.0  # the fuse step: CFE's refinement (every frame) and fusion (answered frames)
     extra: dict = field(default_factory=dict)
 
 
@@ -124,6 +125,7 @@ class DeviceRuntime:
             return
         t0 = time.perf_counter()
         request = self.payload.build(frame, handle.frame_id, handle.device, self.u_version)
+        request.reply_probs = self.fuse.wants_cloud_probs
         handle.encode_ms = (time.perf_counter() - t0) * 1e3
         handle.bytes_up = request.bytes_up
         self.controller.charge(request.bytes_up)
@@ -135,35 +137,44 @@ class DeviceRuntime:
     def finish(self, handle: FrameHandle, timeout: float | None = None) -> FrameResult:
         """The final label map: fused with the cloud's if its reply arrives within `timeout` s, else the device's."""
         base = FrameResult(
-            handle.frame_id, handle.device.pred, "device", handle.uploaded, handle.score, handle.bytes_up,
+            handle.frame_id, None, "device", handle.uploaded, handle.score, handle.bytes_up,
             device_ms=handle.device.device_ms, score_ms=handle.score_ms, encode_ms=handle.encode_ms, u_version=self.u_version,
             exit=handle.device.exit, device_gflops=handle.device.gflops,
         )
         if not handle.uploaded:
-            return base
+            return self._local(handle, base)
         if handle.future is None:
             base.provenance = f"fallback:{handle.error or 'not-sent'}"
-            return base
+            return self._local(handle, base)
         t0 = time.perf_counter()
         try:
             reply = handle.future.result(timeout=timeout)
             label = decode_label_png(reply.label_png)
         except FutureTimeout:
             base.provenance, base.wait_ms = "fallback:timeout", (time.perf_counter() - t0) * 1e3
-            return base
+            return self._local(handle, base)
         except Exception as e:
             base.provenance, base.wait_ms = f"fallback:error:{type(e).__name__}", (time.perf_counter() - t0) * 1e3
-            return base
+            return self._local(handle, base)
         base.wait_ms = (time.perf_counter() - t0) * 1e3
         if label.shape != handle.device.size:
             base.provenance = "fallback:bad-reply-shape"
-            return base
-        base.label, base.provenance = self.fuse.fuse(handle.device, label), "cloud"
+            return self._local(handle, base)
+        t0 = time.perf_counter()
+        base.label, base.provenance = self.fuse.fuse(handle.device, label, reply), "cloud"
+        base.fuse_ms = (time.perf_counter() - t0) * 1e3
         base.bytes_down, base.cloud_ms = reply.bytes_down, reply.cloud_ms
         self._apply_u(reply, base)
         base.u_version = self.u_version
         self._apply_weights(reply, base)
         return base
+
+    def _local(self, handle: FrameHandle, result: FrameResult) -> FrameResult:
+        """A frame without a cloud answer shows the device's map (refined, with CFE); never waits on the network."""
+        t0 = time.perf_counter()
+        result.label = self.fuse.local(handle.device)
+        result.fuse_ms = (time.perf_counter() - t0) * 1e3
+        return result
 
     def _apply_weights(self, reply, result: FrameResult) -> None:
         """CEMA: the reply says a newer model exists; fetch it and swap it in now, between frames. A failed fetch or

@@ -7,7 +7,7 @@
     decide   -> bool                 the budget controller (eq. 10)           device/budget.py
     payload  -> UploadRequest        what crosses the wire                    PayloadStep: `ImagePayload`, `FeaturePayload` (JD)
     link     -> Future[CloudReply]   in-process or HTTP                       device/link.py, device/http_link.py
-    fuse     -> final label map      what to show for an answered frame       FuseStep: `CloudLabel`
+    fuse     -> final label map      what every frame shows                   FuseStep: `CloudLabel`, `FusionStep` (CFE)
     state    -> U (and later weights) the cloud's updates to the device       DeviceRuntime._apply_u
 
 Offline sweeps plug replaying steps into the same runtime (eval/replay.py: a cached model step, a
@@ -32,9 +32,10 @@ from tandemseg.errors import DataError, SpecError
 from tandemseg.exits.checkpoint import load_mess
 from tandemseg.exits.costs import CostTable
 from tandemseg.exits.search import path_costs
+from tandemseg.fusion.engine import CollaborativeFusion
 from tandemseg.models.blocks import resize
-from tandemseg.wire.messages import UploadRequest
-from tandemseg.wire.payload import FEATURES, Codec, encode_frame, pack_probs, parse_codec
+from tandemseg.wire.messages import CloudReply, UploadRequest
+from tandemseg.wire.payload import FEATURES, Codec, encode_frame, pack_probs, parse_codec, unpack_probs
 
 
 @dataclass
@@ -47,6 +48,7 @@ class DeviceOutput:
     exit: str = "final"  # the MESS exit that answered the frame ('final': the whole network ran)
     answered_early: bool = False  # True: an early exit was confident; the frame is done on the device, never uploaded
     gflops: float | None = None  # what the device spent on the frame, when the model step knows (MESS cost table)
+    image: np.ndarray | None = None  # (H, W, 3) the frame itself (a reference), for steps that read full-resolution evidence (CFE)
 
 
 class ModelStep(Protocol):
@@ -62,8 +64,14 @@ class PayloadStep(Protocol):
 
 
 class FuseStep(Protocol):
-    def fuse(self, device: DeviceOutput, cloud_label: np.ndarray) -> np.ndarray:
-        """The final (H, W) uint8 map of an answered frame from the device's view and the cloud's label map."""
+    wants_cloud_probs: bool  # uploads ask the cloud to send its class probabilities back (CFE fuses them)
+
+    def local(self, device: DeviceOutput) -> np.ndarray | None:
+        """The final (H, W) uint8 map of a frame the cloud did not answer (None when a replay keeps no maps)."""
+        ...
+
+    def fuse(self, device: DeviceOutput, cloud_label: np.ndarray, reply: CloudReply) -> np.ndarray:
+        """The final (H, W) uint8 map of an answered frame from the device's view and the cloud's reply."""
         ...
 
 
@@ -86,7 +94,7 @@ def run_device(model: nn.Module, frame: np.ndarray, keep: tuple[int, ...] = ()) 
         logits, kept = model.forward_coarse(x), {}
     pred = resize(logits, x.shape[-2:]).argmax(1)[0].to(torch.uint8).numpy()  # (H, W)
     probs = logits[0].float().softmax(0)  # (C, h, w)
-    return DeviceOutput(probs, pred, (time.perf_counter() - t0) * 1e3, (frame.shape[0], frame.shape[1]), kept)
+    return DeviceOutput(probs, pred, (time.perf_counter() - t0) * 1e3, (frame.shape[0], frame.shape[1]), kept, image=frame)
 
 
 class LiveModel:
@@ -126,7 +134,7 @@ class ExitModel:
         pred = logits.argmax(1)[0].to(torch.uint8).numpy()  # (H, W)
         coarse = resize(logits, (max(1, h // 8), max(1, w // 8)))  # (1, C, H/8, W/8): the scale the policies read
         return DeviceOutput(coarse[0].float().softmax(0), pred, (time.perf_counter() - t0) * 1e3, (h, w),
-                            exit=key, answered_early=key != "final", gflops=self.gflops_at.get(key))
+                            exit=key, answered_early=key != "final", gflops=self.gflops_at.get(key), image=frame)
 
 
 class ImagePayload:
@@ -212,7 +220,57 @@ def load_exit_model(folder) -> ExitModel:
 
 
 class CloudLabel:
-    """No fusion: an answered frame shows the cloud's map (ACDC Alg. 1 line 5). The fusion issue adds CFE here."""
+    """No fusion: an answered frame shows the cloud's map, every other frame the device's (ACDC Alg. 1 line 5)."""
 
-    def fuse(self, device: DeviceOutput, cloud_label: np.ndarray) -> np.ndarray:
+    wants_cloud_probs = False
+
+    def local(self, device: DeviceOutput) -> np.ndarray | None:
+        return device.pred
+
+    def fuse(self, device: DeviceOutput, cloud_label: np.ndarray, reply: CloudReply) -> np.ndarray:
         return cloud_label.astype(np.uint8)
+
+
+FUSION_MODES = ("none", "refine", "cfe")
+
+
+class FusionStep:
+    """ACDC's CFE in the runtime (sec. 3.2.3, fusion/engine.py). Every frame the device shows is its coarse map
+    refined at the eq. 12 mask (eq. 15); with mode `cfe` an answered frame fuses the refined map with the cloud's
+    probabilities (which the upload asks for), with mode `refine` it shows the cloud's map as without CFE."""
+
+    def __init__(self, fusion: CollaborativeFusion, mode: str = "cfe") -> None:
+        if mode not in ("refine", "cfe"):
+            raise SpecError(f"fusion mode {mode!r} needs no fusion step or is unknown; valid: {', '.join(FUSION_MODES)}")
+        self.fusion, self.mode = fusion.eval(), mode
+        self.wants_cloud_probs = mode == "cfe"
+
+    @torch.inference_mode()
+    def _label(self, device: DeviceOutput, cloud_probs: np.ndarray | None) -> np.ndarray:
+        image = to_tensor([device.image])  # (1, 3, H, W)
+        cloud = None if cloud_probs is None else torch.from_numpy(cloud_probs)[None]  # (1, C, hc, wc)
+        logits = self.fusion(device.probs[None], image, cloud)  # (1, C, H, W)
+        return logits.max(1).indices[0].to(torch.uint8).numpy()  # (H, W); max, not argmax: 5x faster on CPU
+
+    @torch.inference_mode()
+    def local(self, device: DeviceOutput) -> np.ndarray | None:
+        if device.image is None or device.pred is None:
+            return device.pred  # a replay: the cache's matrices already hold the refined maps
+        return self.fusion.local_label(device.probs[None], device.image, device.pred)
+
+    def fuse(self, device: DeviceOutput, cloud_label: np.ndarray, reply: CloudReply) -> np.ndarray:
+        if self.mode == "refine" or device.image is None or reply.probs is None or reply.probs_shape is None:
+            return cloud_label.astype(np.uint8)  # a cloud that sent no probabilities still answered with its map
+        return self._label(device, unpack_probs(reply.probs, reply.probs_shape))
+
+
+def make_fuse_step(mode: str, fusion: CollaborativeFusion | None) -> FuseStep:
+    """`--fusion none|refine|cfe`: none shows the cloud's or the device's map; the others need a CFE checkpoint."""
+    key = mode.strip().lower()
+    if key not in FUSION_MODES:
+        raise SpecError(f"unknown fusion mode {mode!r}; valid: {', '.join(FUSION_MODES)}")
+    if key == "none":
+        return CloudLabel()
+    if fusion is None:
+        raise SpecError(f"--fusion {key} needs a CFE checkpoint (--fusion-ckpt DIR, from `tandemseg fusion train`)")
+    return FusionStep(fusion, key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +29,15 @@ from tandemseg.device.budget import FixedSelection
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
-from tandemseg.device.steps import make_device_steps
+from tandemseg.device.steps import FuseStep, make_device_steps
 from tandemseg.errors import DataError
+from tandemseg.eval.boundary import boundary_counts
 from tandemseg.eval.metrics import ConfusionMatrix
 from tandemseg.heap import HeapTrimmer
 from tandemseg.models.flops import count_gflops
 from tandemseg.wire.payload import parse_upload_codec
 
-CACHE_VERSION = 2  # 2: per-frame source index (groups) for the bootstrap
+CACHE_VERSION = 3  # 2: per-frame source index (groups) for the bootstrap; 3: boundary counts, the fuse step
 
 
 
@@ -56,6 +58,8 @@ class CollabCache:
     conditions: list[str]  # N shift conditions (streams vary per frame)
     info: dict = field(default_factory=dict)
     groups: np.ndarray | None = None  # (N,) source frame of each frame (repeated schedules); None: all distinct
+    device_bf: np.ndarray | None = None  # (N, 4) boundary counts of the device's final map (eval/boundary.py)
+    cloud_bf: np.ndarray | None = None  # (N, 4) boundary counts of an answered frame's final map
 
     @property
     def frames(self) -> int:
@@ -73,6 +77,7 @@ class CollabCache:
             tmp, **_arrays("probs", [p.numpy() for p in self.probs]), device_cm=self.device_cm, cloud_cm=self.cloud_cm,
             **_arrays("cloud_pred", self.cloud_pred), bytes_up=self.bytes_up, bytes_down=self.bytes_down,
             device_ms=self.device_ms, cloud_ms=self.cloud_ms, groups=self.sources,
+            **({} if self.device_bf is None else {"device_bf": self.device_bf, "cloud_bf": self.cloud_bf}),
             meta=np.array(json.dumps({"classes": self.classes.to_json(), "conditions": self.conditions, "info": self.info})),
         )
         tmp.replace(path)
@@ -88,7 +93,8 @@ class CollabCache:
         return cls(
             ClassTable.from_json(meta["classes"]), [torch.from_numpy(p) for p in probs], z["device_cm"], z["cloud_cm"],
             cloud_pred, z["bytes_up"], z["bytes_down"], z["device_ms"], z["cloud_ms"], meta["conditions"], meta["info"],
-            z["groups"] if "groups" in z else None,
+            z["groups"] if "groups" in z else None, z["device_bf"] if "device_bf" in z else None,
+            z["cloud_bf"] if "cloud_bf" in z else None,
         )
 
 
@@ -129,19 +135,22 @@ def source_of(dataset: SegDataset, index: int) -> int:
 def build_cache(
     dataset: SegDataset, device_model: nn.Module, cloud_model: nn.Module, codec: str = "png", limit: int | None = None,
     send_device_probs: bool = False, on_frame: Callable[[], None] | None = None, feature_codec: FeatureCodec | None = None,
+    fuse: FuseStep | None = None,
 ) -> CollabCache:
     """Every frame through the runtime with policy `all` and the real cloud in-process: the device's view, the
     cloud's reply (via CloudService on the decoded payload, as over HTTP) and their sizes and times. With codec
-    'features' the uploads are JD bitstreams and the cloud's maps come from `feature_codec`'s joint decoder."""
+    'features' the uploads are JD bitstreams and the cloud's maps come from `feature_codec`'s joint decoder.
+    With a fuse step (CFE), the 'device' figures are the map the step shows for a frame the cloud never answered
+    (the refined map) and the 'cloud' figures the map it shows for an answered one (the fused map)."""
     classes = dataset.classes
     codec_ = parse_upload_codec(codec)
     link = InProcessLink(CloudService(ModelSegmenter(cloud_model, feature_codec), classes))
     model_step, payload = make_device_steps(device_model, codec_, "cache", send_device_probs, feature_codec)
-    runtime = DeviceRuntime(model_step, make_policy("all"), FixedSelection([]), link, payload=payload)
+    runtime = DeviceRuntime(model_step, make_policy("all"), FixedSelection([]), link, payload=payload, fuse=fuse)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise ValueError("the evaluation stream is empty")
-    rows: dict[str, list] = {k: [] for k in ("probs", "dcm", "ccm", "cpred", "up", "down", "dms", "cms", "cond", "src")}
+    rows: dict[str, list] = {k: [] for k in ("probs", "dcm", "ccm", "cpred", "up", "down", "dms", "cms", "cond", "src", "dbf", "cbf", "lms", "fms")}
     heap = HeapTrimmer()
     for i in range(n):
         heap.tick()
@@ -150,8 +159,13 @@ def build_cache(
         res = runtime.finish(handle)
         if res.provenance != "cloud":
             raise RuntimeError(f"frame {i}: the in-process cloud did not answer ({res.provenance})")
+        t0 = time.perf_counter()
+        local = runtime.fuse.local(handle.device)  # what the device shows when the cloud does not answer
+        local_ms = (time.perf_counter() - t0) * 1e3
         for key, value in (
-            ("probs", handle.device.probs), ("dcm", frame_cm(handle.device.pred, s.label, classes)),
+            ("probs", handle.device.probs), ("dcm", frame_cm(local, s.label, classes)),
+            ("dbf", boundary_counts(local, s.label, classes.ignore_index)), ("cbf", boundary_counts(res.label, s.label, classes.ignore_index)),
+            ("lms", local_ms), ("fms", res.fuse_ms),
             ("ccm", frame_cm(res.label, s.label, classes)), ("cpred", res.label), ("up", res.bytes_up), ("down", res.bytes_down),
             ("dms", res.device_ms), ("cms", res.cloud_ms), ("cond", condition_of(dataset, i)), ("src", source_of(dataset, i)),
         ):
@@ -164,10 +178,13 @@ def build_cache(
         "frames": n, "height": h, "width": w, "codec": str(codec_), "send_device_probs": send_device_probs,
         "device_gflops": count_gflops(device_model.forward_coarse, (1, 3, h, w)),
         "cloud_gflops": count_gflops(cloud_model, (1, 3, h, w)), "threads": torch.get_num_threads(),
+        "fuse": type(runtime.fuse).__name__, "fuse_local_ms_median": float(np.median(rows["lms"])),
+        "fuse_answered_ms_median": float(np.median(rows["fms"])),
     }
     return CollabCache(
         classes, rows["probs"], np.stack(rows["dcm"]), np.stack(rows["ccm"]), rows["cpred"], np.array(rows["up"]),
         np.array(rows["down"]), np.array(rows["dms"]), np.array(rows["cms"]), rows["cond"], info, np.array(rows["src"], dtype=np.int64),
+        np.stack(rows["dbf"]), np.stack(rows["cbf"]),
     )
 
 
@@ -185,6 +202,7 @@ def checkpoint_identity(folder: str | Path) -> dict:
 def load_or_build_cache(
     dataset: SegDataset, device_model: nn.Module, cloud_model: nn.Module, codec: str, limit: int | None, send: bool,
     cache_dir: Path | None, identity: dict, on_frame: Callable[[], None] | None = None, feature_codec: FeatureCodec | None = None,
+    fuse: FuseStep | None = None,
 ) -> tuple[CollabCache, Path | None]:
     """The cache of this run from `cache_dir` when one with the same identity is there, else built (and saved).
     Returns the cache and the file it was read from (None when built)."""
@@ -193,7 +211,7 @@ def load_or_build_cache(
     path = cache_dir / f"collab-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         return CollabCache.load(path), path
-    cache = build_cache(dataset, device_model, cloud_model, codec, limit, send, on_frame, feature_codec)
+    cache = build_cache(dataset, device_model, cloud_model, codec, limit, send, on_frame, feature_codec, fuse)
     cache.info.update(identity)
     if path is not None:
         cache.save(path)

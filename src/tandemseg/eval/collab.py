@@ -36,7 +36,7 @@ from tandemseg.data.base import SegDataset
 from tandemseg.device.budget import BudgetSpec
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.runtime import DeviceRuntime
-from tandemseg.device.steps import ExitModel, make_device_steps
+from tandemseg.device.steps import ExitModel, FuseStep, make_device_steps
 from tandemseg.device.uncertainty import UncertaintyMatrix
 from tandemseg.eval.bootstrap import AUC_SPAN, DEFAULT_RESAMPLES, Resamples, rate_auc
 from tandemseg.eval.cache import CollabCache, collab_cm, collab_frame_cms
@@ -149,10 +149,11 @@ def median(values: Sequence[float]) -> float | None:
 def run_runtime(
     dataset: SegDataset, cache: CollabCache, run: PolicyRun, device_model: nn.Module, cloud_model: nn.Module, codec: str,
     limit: int | None = None, send_device_probs: bool = False, on_frame: Callable[[], None] | None = None,
-    feature_codec: FeatureCodec | None = None, exit_model: ExitModel | None = None,
+    feature_codec: FeatureCodec | None = None, exit_model: ExitModel | None = None, fuse: FuseStep | None = None,
 ) -> dict:
     """The single-run path: DeviceRuntime + InProcessLink over the stream, real encoded bytes (images, or JD features
-    with codec 'features'); with `exit_model` the device is a MESS network whose confident early exits stay local."""
+    with codec 'features'); with `exit_model` the device is a MESS network whose confident early exits stay local;
+    with `fuse` (CFE) every frame's map is the fuse step's."""
     oracle_mask = GreedyOracle(cache).at_rate(run.budget.rate or 0.0) if run.policy == "oracle" else None
     policy, controller, u = run.make(cache, oracle_mask)
     dcam = run.dcam()
@@ -160,7 +161,7 @@ def run_runtime(
                            initial_u=dcam.initial_u if dcam else None, dcam_settings=dcam.settings if dcam else None)
     send_probs = send_device_probs or dcam is not None
     model_step, payload = make_device_steps(device_model, codec, "dev0", send_probs, feature_codec, exit_model)
-    runtime = DeviceRuntime(model_step, policy, controller, InProcessLink(service), payload=payload, uncertainty=u)
+    runtime = DeviceRuntime(model_step, policy, controller, InProcessLink(service), payload=payload, uncertainty=u, fuse=fuse)
     cm = ConfusionMatrix(dataset.classes.num_classes, dataset.classes.ignore_index)
     n = cache.frames if limit is None else min(limit, cache.frames)
     results = []
@@ -187,6 +188,8 @@ def run_runtime(
         "encode_ms": median([r.encode_ms for r in results if r.uploaded]), "cloud_ms_uploaded": median([r.cloud_ms for r in up]),
         "u_version": u.version if u is not None else None,
         "exit_histogram": dict(Counter(r.exit for r in results)),
+        "fuse_ms_local": median([r.fuse_ms for r in results if r.provenance != "cloud"] or [0.0]),
+        "fuse_ms_answered": median([r.fuse_ms for r in up] or [0.0]),
         "device_gflops_per_frame": float(np.mean([r.device_gflops for r in results])) if results[0].device_gflops is not None else None,
     }
 
@@ -274,6 +277,7 @@ def single_run(
     dataset: SegDataset, cache: CollabCache, run: PolicyRun, device_model: nn.Module, cloud_model: nn.Module, codec: str,
     limit: int | None = None, send_device_probs: bool = False, resamples: int = DEFAULT_RESAMPLES, bootstrap_seed: int = 0,
     on_frame: Callable[[], None] | None = None, feature_codec: FeatureCodec | None = None, exit_model: ExitModel | None = None,
+    fuse: FuseStep | None = None,
 ) -> dict:
     """One (policy, budget) through the live runtime (`run_runtime`), with the figures a sweep row has: the runtime's
     own mIoU and bytes, and the intervals, oracle and gain from the cache's per-frame results at its decisions.
@@ -281,7 +285,7 @@ def single_run(
     With `exit_model` (MESS) the device's maps are not the cache's (early exits answer some frames), so only the
     runtime's own figures are reported, next to the plain models' device and cloud mIoU for reference."""
     ev = Evaluation.of(cache, resamples, bootstrap_seed)
-    rt = run_runtime(dataset, cache, run, device_model, cloud_model, codec, limit, send_device_probs, on_frame, feature_codec, exit_model)
+    rt = run_runtime(dataset, cache, run, device_model, cloud_model, codec, limit, send_device_probs, on_frame, feature_codec, exit_model, fuse)
     mask = rt.pop("mask")
     if exit_model is not None:
         return {**ev.header(), "policy": run.policy, "upload_rate": float(mask.mean()), "target_rate": run.target_rate(rt["controller"]),

@@ -130,9 +130,10 @@ def summarise(run: StreamRun, frames: int, wall: float) -> dict:
 def run_device_client(
     server: str, token: str, data: str, split: str, shift: str, device_ckpt, uncertainty, policy: str, rate: float,
     controller: str, bytes_per_s: float | None, fps: float, codec: str, dcam: bool, limit: int | None, seed: int,
-    retry, stream: StreamConfig, cloud_ckpt=None, progress_bar=None, feature_codec=None,
+    retry, stream: StreamConfig, cloud_ckpt=None, progress_bar=None, feature_codec=None, fuse_factory=None,
 ) -> dict:
-    """`tandemseg device`: the collab runtime with the HTTP link; returns collab's keys plus the network's figures."""
+    """`tandemseg device`: the collab runtime with the HTTP link; returns collab's keys plus the network's figures.
+    `fuse_factory(device_model, classes)` builds the fuse step (CFE) once the device model is loaded."""
     from tandemseg.codec.checkpoint import load_codec
     from tandemseg.data.spec import open_dataset
     from tandemseg.device.budget import BudgetSpec, check_rate
@@ -158,7 +159,8 @@ def run_device_client(
             link.put_u(u.u)  # the cloud's DCAM starts from the U this device starts from (version 0)
         codec_model = load_codec(feature_codec, device=dev.model).codec if feature_codec else None
         model_step, payload = make_device_steps(dev.model, codec, device_id, dcam, codec_model)
-        runtime = DeviceRuntime(model_step, pol, ctrl, link, payload=payload, uncertainty=u)
+        fuse = fuse_factory(dev.model, dataset.classes) if fuse_factory else None
+        runtime = DeviceRuntime(model_step, pol, ctrl, link, payload=payload, uncertainty=u, fuse=fuse)
         n = len(dataset) if limit is None else min(limit, len(dataset))
         if progress_bar is None:
             result = run_stream(dataset, runtime, n, stream)

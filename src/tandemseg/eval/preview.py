@@ -57,11 +57,12 @@ def preview_grid(
 
 def draw_grid(
     cells: Sequence[Sequence[np.ndarray]], titles: Sequence[str], row_labels: Sequence[str], classes: ClassTable, out_path: str | Path,
-    captions: Sequence[tuple[int, str, str]] | None = None, title: str | None = None,
+    captions: Sequence[tuple[int, str, str] | list[tuple[int, str, str]]] | None = None, title: str | None = None,
 ) -> Path:
     """Save a grid of RGB pictures (one row per frame, a title per column, a label per row) with the class legend.
 
-    `captions`: per row, (column, text, colour) written under that cell (e.g. why a frame was uploaded).
+    `captions`: per row, (column, text, colour) written under that cell (e.g. why a frame was uploaded), or a list
+    of such triples for several cells of the row.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -82,8 +83,8 @@ def draw_grid(
                 ax.set_title(titles[c], fontsize=10)
         axes[r][0].set_ylabel(row_labels[r], fontsize=8)
         if captions:
-            column, text, colour = captions[r]
-            axes[r][column].set_xlabel(text, fontsize=8, color=colour)
+            for column, text, colour in captions[r] if isinstance(captions[r], list) else [captions[r]]:
+                axes[r][column].set_xlabel(text, fontsize=8, color=colour)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.legend(handles=legend_handles(classes), loc="outside lower center", ncol=LEGEND_COLUMNS, fontsize=8, frameon=False)

@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -149,4 +150,42 @@ def profile_model(
             result.update(measure_peak_memory(model, input_shape, threads))
     finally:
         model.train(was_training)
+    return result
+
+
+def profile_fusion(fusion_step, device_model: nn.Module, input_hw: tuple[int, int], threads: int = 1, warmup: int = 3,
+                   runs: int = 20, seed: int = 0) -> dict:
+    """What CFE adds to a frame on the device (ACDC sec. 3.2.3): the runtime's model step (`run_device`: the network,
+    the upsampling and the label map), then the fuse step for a frame the cloud did not answer (refinement) and for
+    an answered one (refinement + fusion, the reply's 4-bit probabilities unpacked), interleaved so load drifts hit
+    all three alike. Medians in ms and the refinement's overhead as a fraction of the model step."""
+    from tandemseg.device.steps import run_device
+    from tandemseg.wire.messages import CloudReply
+    from tandemseg.wire.payload import CLOUD_PROB_LEVELS, pack_probs
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(seed)
+        h, w = input_hw
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        num_classes = fusion_step.fusion.cfg.num_classes
+        cloud = rng.dirichlet(np.ones(num_classes), size=(max(1, h // 4), max(1, w // 4))).transpose(2, 0, 1)  # (C, h/4, w/4)
+        reply = CloudReply(0, b"")
+        reply.probs, reply.probs_shape = pack_probs(cloud, CLOUD_PROB_LEVELS)
+        out = run_device(device_model, frame)
+        steps = {"device_step_ms": lambda: run_device(device_model, frame), "cfe_local_ms": lambda: fusion_step.local(out),
+                 "cfe_answered_ms": lambda: fusion_step.fuse(out, out.pred, reply)}
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for i in range(warmup + runs):
+            for key, fn in steps.items():
+                t0 = time.perf_counter()
+                fn()
+                if i >= warmup:
+                    times[key].append((time.perf_counter() - t0) * 1000.0)
+    finally:
+        torch.set_num_threads(previous)
+    result = {k: statistics.median(v) for k, v in times.items()}
+    result["cfe_local_overhead"] = result["cfe_local_ms"] / result["device_step_ms"]
+    result["cfe_answered_overhead"] = result["cfe_answered_ms"] / result["device_step_ms"]
     return result

@@ -86,8 +86,10 @@ class CachedSegmenter:
     def __init__(self, cache: CollabCache) -> None:
         self.cache = cache
 
-    def predict(self, requests: list[UploadRequest]) -> tuple[list[np.ndarray], list[float]]:
-        return ([self.cache.cloud_pred[r.frame_id] for r in requests], [float(self.cache.cloud_ms[r.frame_id]) for r in requests])
+    def predict(self, requests: list[UploadRequest]) -> tuple[list[np.ndarray], list[float], list[None]]:
+        """The recorded maps; no probabilities (a replay scores fused frames from the cache's matrices)."""
+        return ([self.cache.cloud_pred[r.frame_id] for r in requests], [float(self.cache.cloud_ms[r.frame_id]) for r in requests],
+                [None] * len(requests))
 
 
 @dataclass

@@ -9,10 +9,12 @@ Request  `POST /v1/segment`, `Content-Type: application/octet-stream`
               X-Tandemseg-Probs-Shape: CxhxW     (present iff device_probs follow the frame)
               X-Tandemseg-U-Version: 3           (the U version the device holds)
               X-Tandemseg-Device: dev1           (optional; must equal the token's device)
+              X-Tandemseg-Reply-Probs: 1         (optional; the reply carries the cloud's probabilities, for CFE)
               Authorization: Bearer TOKEN
 Reply    200, `Content-Type: application/octet-stream`
-    body    = label PNG ++ U as little-endian float32 C*C (only when DCAM changed U)
+    body    = label PNG ++ cloud probs (uint8, zlib; iff asked) ++ U as little-endian float32 C*C (iff DCAM changed U)
     headers = X-Tandemseg-Frame, X-Tandemseg-Label-Bytes: N, X-Tandemseg-U-Shape: CxC (iff U follows),
+              X-Tandemseg-Cloud-Probs-Shape: CxhxW and X-Tandemseg-Cloud-Probs-Bytes: M (iff probs follow),
               X-Tandemseg-U-Version, X-Tandemseg-Cloud-Ms
 Errors   4xx/5xx with `{"error": "..."}` (application/json).
 
@@ -46,6 +48,9 @@ H_SIZE = "X-Tandemseg-Size"
 H_IMAGE_BYTES = "X-Tandemseg-Image-Bytes"
 H_PROBS_SHAPE = "X-Tandemseg-Probs-Shape"
 H_U_VERSION = "X-Tandemseg-U-Version"
+H_REPLY_PROBS = "X-Tandemseg-Reply-Probs"
+H_CLOUD_PROBS_SHAPE = "X-Tandemseg-Cloud-Probs-Shape"
+H_CLOUD_PROBS_BYTES = "X-Tandemseg-Cloud-Probs-Bytes"
 MAX_U_VERSION = 2**53 - 1  # exact in every JSON reader, and far from overflowing when the cloud counts on
 H_LABEL_BYTES = "X-Tandemseg-Label-Bytes"
 H_U_SHAPE = "X-Tandemseg-U-Shape"
@@ -145,6 +150,8 @@ def encode_request(req: UploadRequest, token: str | None = None) -> tuple[dict[s
         if req.device_probs_shape is None:
             raise WireError("device_probs given without device_probs_shape")
         headers[H_PROBS_SHAPE] = "x".join(str(int(v)) for v in req.device_probs_shape)
+    if req.reply_probs:
+        headers[H_REPLY_PROBS] = "1"
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return headers, req.payload + (req.device_probs or b"")
@@ -173,9 +180,13 @@ def decode_request(headers: Mapping[str, str], body: bytes, device_id: str, limi
         raise WireError("empty body: the request must carry the encoded frame")
     u_version = parse_int(_header(headers, H_U_VERSION, required=False) or "0", H_U_VERSION, hi=MAX_U_VERSION)
     probs, shape = _decode_probs_part(headers, body[n_image:], (height, width), limits)
+    reply_probs = _header(headers, H_REPLY_PROBS, required=False)
+    if reply_probs is not None and reply_probs.strip() not in ("0", "1"):
+        raise WireError(f"{H_REPLY_PROBS} must be 0 or 1, got {reply_probs[:40]!r}")
     return UploadRequest(
         device_id=device_id, frame_id=frame_id, payload=bytes(body[:n_image]), codec=codec, height=height, width=width,
         protocol_version=version, device_probs=probs, device_probs_shape=shape, u_version=u_version,
+        reply_probs=reply_probs is not None and reply_probs.strip() == "1",
     )
 
 
@@ -202,9 +213,9 @@ def check_zlib_size(data: bytes, expected: int, what: str) -> None:
     try:
         out = inflater.decompress(data, expected + 1)
     except zlib.error as e:
-        raise WireError(f"device_probs are not valid zlib data ({e})") from None
+        raise WireError(f"the probabilities announced by {what} are not valid zlib data ({e})") from None
     if len(out) != expected or not inflater.eof:
-        raise WireError(f"device_probs inflate to {'more than ' if len(out) > expected else ''}{len(out)} bytes but {what} needs {expected} (uint8 C*h*w)")
+        raise WireError(f"the probabilities inflate to {'more than ' if len(out) > expected else ''}{len(out)} bytes but {what} needs {expected} (uint8 C*h*w)")
 
 
 def check_image(req: UploadRequest, limits: WireLimits = WireLimits()) -> None:
@@ -259,6 +270,12 @@ def encode_reply(reply: CloudReply) -> tuple[dict[str, str], bytes]:
         H_MODEL_VERSION: str(reply.model_version),
     }
     body = reply.label_png
+    if reply.probs is not None:
+        if reply.probs_shape is None:
+            raise WireError("reply probs given without probs_shape")
+        headers[H_CLOUD_PROBS_SHAPE] = "x".join(str(int(v)) for v in reply.probs_shape)
+        headers[H_CLOUD_PROBS_BYTES] = str(len(reply.probs))
+        body = body + reply.probs
     if reply.u_matrix is not None:
         u = np.ascontiguousarray(reply.u_matrix, dtype="<f4")
         headers[H_U_SHAPE] = f"{u.shape[0]}x{u.shape[1]}"
@@ -278,8 +295,12 @@ def decode_reply(headers: Mapping[str, str], body: bytes, frame_id: int) -> Clou
     cloud_ms = _parse_float(_header(headers, H_CLOUD_MS, required=False) or "0", H_CLOUD_MS)
     model_version = parse_int(_header(headers, H_MODEL_VERSION, required=False) or "0", H_MODEL_VERSION, hi=MAX_U_VERSION)
     u = None
+    probs, (probs_shape, n_probs) = None, _reply_probs(headers, len(body) - n_label)
+    if probs_shape is not None:
+        probs = bytes(body[n_label:n_label + n_probs])
+        check_zlib_size(probs, probs_shape[0] * probs_shape[1] * probs_shape[2], H_CLOUD_PROBS_SHAPE)
     shape_text = _header(headers, H_U_SHAPE, required=False)
-    rest = body[n_label:]
+    rest = body[n_label + n_probs:]
     if shape_text is not None:
         c1, c2 = parse_dims(shape_text, H_U_SHAPE, 2, 4096)
         if c1 != c2 or len(rest) != c1 * c2 * 4:
@@ -290,7 +311,19 @@ def decode_reply(headers: Mapping[str, str], body: bytes, frame_id: int) -> Clou
     elif rest:
         raise WireError(f"{len(rest)} unexpected bytes after the label map")
     return CloudReply(frame_id=frame_id, label_png=bytes(body[:n_label]), u_matrix=u, u_version=u_version, cloud_ms=cloud_ms,
-                      model_version=model_version)
+                      model_version=model_version, probs=probs, probs_shape=probs_shape)
+
+
+def _reply_probs(headers: Mapping[str, str], available: int) -> tuple[tuple[int, int, int] | None, int]:
+    """The cloud-probabilities part of a reply: (shape, byte count) when announced, else (None, 0)."""
+    shape_text = _header(headers, H_CLOUD_PROBS_SHAPE, required=False)
+    if shape_text is None:
+        return None, 0
+    shape = parse_dims(shape_text, H_CLOUD_PROBS_SHAPE, 3, 8192)
+    n = parse_int(_header(headers, H_CLOUD_PROBS_BYTES), H_CLOUD_PROBS_BYTES, 1, max(1, available))
+    if n > available:
+        raise WireError(f"{H_CLOUD_PROBS_BYTES} = {n} but only {available} bytes follow the label map")
+    return shape, n
 
 
 def _parse_float(value: str, name: str) -> float:

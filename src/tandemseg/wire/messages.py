@@ -30,6 +30,8 @@ class UploadRequest:
     device_probs: bytes | None = None
     device_probs_shape: tuple[int, int, int] | None = None  # (C, h, w) of device_probs
     u_version: int = 0  # the version of U the device currently holds
+    # CFE (ACDC sec. 3.2.3) fuses the cloud's class probabilities, not only its labels: ask for them in the reply
+    reply_probs: bool = False
 
     @property
     def bytes_up(self) -> int:
@@ -46,7 +48,11 @@ class CloudReply:
     u_version: int = 0
     cloud_ms: float = 0.0  # cloud-side compute time for this frame
     model_version: int = 0  # the newest weight update the cloud holds for this device (CEMA); 0 = none
+    # the cloud's class probabilities at its decoder's resolution (C, h, w), quantised to 4 bits (0..15, one per
+    # byte) and zlib-compressed (wire/payload.py pack_probs), when the request asked (CFE's fusion input); else None
+    probs: bytes | None = None
+    probs_shape: tuple[int, int, int] | None = None
 
     @property
     def bytes_down(self) -> int:
-        return len(self.label_png) + (0 if self.u_matrix is None else self.u_matrix.size * 4)
+        return len(self.label_png) + len(self.probs or b"") + (0 if self.u_matrix is None else self.u_matrix.size * 4)

@@ -1,0 +1,188 @@
+"""CollaborativeFusion: the device-side stage between the device's coarse map, the cloud's fine one and the
+final label map (ACDC sec. 3.2.3).
+
+    mask     eq. 11-12: pixel entropy of the coarse prediction at the working grid; the top `top_percent` %
+    refine   eq. 15: M_u recomputes the masked pixels from the coarse logits and the frame (fusion/refiners.py)
+    fuse     dual granularity: the refined coarse map and the cloud's fine probabilities, concatenated, mixed by a
+             few light convolutions into a correction of the cloud's log-probabilities; without a cloud map the
+             refined map is the answer (the same module, `cloud_probs=None`)
+
+Readings (docs/methods/fusion.md): refinement runs on a grid at `work_scale` of the frame (1/2: the device's
+own input grid, ACDC eq. 4), and each site stands for the s x s frame pixels around it (s = `subpixel`): it reads
+their colours and corrects each one's logits, so the refinement is at the frame's resolution. A sparse or point
+refiner corrects the pixels of masked sites only (a submanifold network has no other outputs); every other pixel
+keeps the device's own upsampled logits, so with an empty mask the device's map comes back unchanged. The
+entropy of eq. 11 is computed on the coarse grid and interpolated to the working grid (the entropy of
+interpolated probabilities ranks pixels almost the same and costs 50x more on a CPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tandemseg.fusion.config import FusionConfig
+from tandemseg.fusion.refiners import DenseRefiner, flat_index, make_refiner, tap_index
+
+CLOUD_FLOOR = 1.0 / 32  # the cloud's probabilities arrive at 4 bits (wire/payload.py): half a step stands in for 0
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of `n_out` positions resampling `n_in` by nearest neighbour: floor(i * n_in / n_out)."""
+    return (np.arange(n_out) * n_in) // n_out
+
+
+def nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., h, w) -> (..., H, W) by nearest neighbour, with the integer indices the numpy label path uses too."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    rows = torch.from_numpy(nearest_index(x.shape[-2], size[0]))
+    cols = torch.from_numpy(nearest_index(x.shape[-1], size[1]))
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+def pixel_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: E = -sum_c p_c log p_c, (B, C, h, w) -> (B, 1, h, w)."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(1, keepdim=True)
+
+
+def uncertain_mask(coarse_entropy: torch.Tensor, size: tuple[int, int], top_percent: float) -> torch.Tensor:
+    """Eq. 12 per frame, M = 1[E > tau], on the working grid: E is the coarse grid's entropy (B, 1, h, w) interpolated
+    to `size`, tau the (1 - top_percent / 100) quantile of the coarse grid's entropy, so about `top_percent` % of the
+    pixels are uncertain on every frame (M_u's cost stays flat) -> (B, h', w') bool."""
+    b = coarse_entropy.shape[0]
+    if top_percent <= 0.0:
+        return torch.zeros(b, *size, dtype=torch.bool)
+    flat = coarse_entropy.reshape(b, -1)  # (B, h*w)
+    tau = torch.quantile(flat, 1.0 - top_percent / 100.0, dim=1)  # (B,)
+    return resize(coarse_entropy, size)[:, 0] > tau[:, None, None]
+
+
+class DualFusion(nn.Module):
+    """The refined coarse map and the cloud's fine probabilities -> a correction of the cloud's log-probabilities
+    (zero-initialised: an untrained fusion shows the cloud's map)."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        c, k = cfg.num_classes, cfg.hidden
+        self.mix = nn.Sequential(nn.Conv2d(2 * c, k, 1), nn.ReLU(), nn.Conv2d(k, k, 3, padding=1, groups=k), nn.ReLU(), nn.Conv2d(k, c, 1))
+        nn.init.zeros_(self.mix[-1].weight)
+        nn.init.zeros_(self.mix[-1].bias)
+
+    def forward(self, refined: torch.Tensor, cloud_probs: torch.Tensor) -> torch.Tensor:
+        """refined (B, C, h, w) logits, cloud_probs (B, C, h, w) -> (B, C, h, w) correction."""
+        return self.mix(torch.cat([refined.softmax(1), cloud_probs], 1))
+
+
+class CollaborativeFusion(nn.Module):
+    """CFE = mask -> M_u -> fusion. Inputs are batched; `forward` gives logits, `local_label` the fast label path."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.refine = make_refiner(cfg)
+        self.fuse = DualFusion(cfg)
+
+    @property
+    def dense(self) -> bool:
+        return isinstance(self.refine, DenseRefiner)
+
+    def work_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return max(1, round(size[0] * self.cfg.work_scale)), max(1, round(size[1] * self.cfg.work_scale))
+
+    def refined(self, coarse_probs: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """coarse_probs (B, C, h, w), image (B, 3, H, W) in [0, 1] -> (coarse log-probs on the working grid
+        (B, C, h', w'), M_u's sub-pixel correction (B, C s^2, h', w'), the eq. 12 mask (B, h', w'))."""
+        size, s = self.work_size(image.shape[-2:]), self.cfg.subpixel
+        base = resize(coarse_probs.clamp_min(1e-12).log(), size)  # log-probs upsample like logits (eq. 4)
+        rgb = F.pixel_unshuffle(nearest(image, (size[0] * s, size[1] * s)), s)  # (B, 3 s^2, h', w'): each site's pixels
+        mask = uncertain_mask(pixel_entropy(coarse_probs), size, self.cfg.top_percent)  # (B, h', w')
+        return base, self.refine(base, rgb, mask), mask
+
+    def forward(self, coarse_probs: torch.Tensor, image: torch.Tensor, cloud_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """-> (B, C, H, W) logits at the frame's size; cloud_probs (B, C, hc, wc) from the reply, or None (a frame the
+        cloud never saw: the refined coarse map)."""
+        size = tuple(image.shape[-2:])
+        base, delta, _ = self.refined(coarse_probs, image)
+        if cloud_probs is None:
+            return self._local(coarse_probs, delta, size)
+        return self._fused(base, delta, cloud_probs, size)
+
+    def both(self, coarse_probs: torch.Tensor, image: torch.Tensor, cloud_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(refined map without the cloud, fused map with it), sharing one refinement: what training compares."""
+        size = tuple(image.shape[-2:])
+        base, delta, _ = self.refined(coarse_probs, image)
+        return self._local(coarse_probs, delta, size), self._fused(base, delta, cloud_probs, size)
+
+    @torch.inference_mode()
+    def local_label(self, coarse_probs: torch.Tensor, image: np.ndarray, device_pred: np.ndarray) -> np.ndarray:
+        """`forward(coarse_probs, image)[0].argmax(0)` for one frame, fast: coarse_probs (1, C, h, w), image (H, W, 3)
+        uint8, device_pred (H, W) the device's own map -> (H, W) uint8. A sparse or point refiner computes the
+        masked sites only, and only the frame pixels they stand for get new labels; nothing else runs at full size."""
+        h, w = device_pred.shape
+        if self.dense:
+            frame = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0)  # (1, 3, H, W)
+            return self(coarse_probs, frame).max(1).indices[0].to(torch.uint8).numpy()
+        (hw, ww), s, c = self.work_size((h, w)), self.cfg.subpixel, coarse_probs.shape[1]
+        logp = coarse_probs.clamp_min(1e-12).log()  # (1, C, h, w)
+        base = resize(logp, (hw, ww))  # (1, C, h', w')
+        mask = uncertain_mask(pixel_entropy(coarse_probs), (hw, ww), self.cfg.top_percent)  # (1, h', w')
+        index = flat_index(mask)  # (N,)
+        if index.numel() == 0:
+            return device_pred.astype(np.uint8)
+        delta = self.refine.at_sites(base, None, index, self._first_taps(base, image, index))  # (N, C s^2)
+        fine_rows, fine_cols = nearest_index(hw * s, h), nearest_index(ww * s, w)  # each frame pixel's sub-pixel
+        site = (fine_rows // s)[:, None] * ww + (fine_cols // s)[None, :]  # (H, W) its working-grid site
+        slot = np.full(hw * ww, -1)
+        slot[index.numpy()] = np.arange(index.numel())
+        row = slot[site]  # (H, W) the site's row in `delta`, -1 where the site is not masked
+        ys, xs = np.nonzero(row >= 0)
+        sub = (fine_rows[ys] % s) * s + fine_cols[xs] % s  # (P,) pixel-shuffle position within the site
+        correction = delta.reshape(-1, c, s * s)[torch.from_numpy(row[ys, xs]), :, torch.from_numpy(sub)]  # (P, C)
+        labels = (bilinear_at(logp, ys, xs, (h, w)) + correction).max(1).indices.to(torch.uint8).numpy()  # (P,)
+        out = device_pred.astype(np.uint8, copy=True)
+        out[ys, xs] = labels
+        return out
+
+    def _first_taps(self, base: torch.Tensor, image: np.ndarray, index: torch.Tensor) -> torch.Tensor:
+        """The first layer's input columns at one frame's sites: coarse log-probs from `base` (1, C, h', w') and the
+        colours of each tap's s x s frame pixels straight from the uint8 frame, exactly what `refined` gathers."""
+        (h, w), (hw, ww), k, s = image.shape[:2], base.shape[-2:], self.refine.kernel, self.cfg.subpixel
+        taps = tap_index(index, (1, hw, ww), k).reshape(-1)  # (N*k*k,) sites on the working grid
+        logits = base[0].reshape(base.shape[1], -1).index_select(1, taps).T  # (N*k*k, C)
+        rows = nearest_index(h, hw * s).reshape(hw, s)  # frame row of each (site row, sub-row)
+        cols = nearest_index(w, ww * s).reshape(ww, s)
+        pixels = rows[:, None, :, None] * w + cols[None, :, None, :]  # (h', w', s, s) frame pixel of each sub-pixel
+        lut = torch.from_numpy(pixels.reshape(hw * ww, s * s))  # (h'*w', s^2)
+        rgb = torch.from_numpy(image.reshape(-1, 3)).index_select(0, lut[taps].reshape(-1))  # (N*k*k*s^2, 3) uint8
+        rgb = rgb.reshape(-1, s * s, 3).transpose(1, 2).reshape(taps.numel(), -1).float().div(255.0)  # (N*k*k, 3 s^2)
+        return torch.cat([logits, rgb], 1).reshape(index.numel(), -1)  # (N, k*k*(C+3s^2))
+
+    def _local(self, coarse_probs: torch.Tensor, delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The device's own upsampled logits plus M_u's correction of the pixels each (masked) site stands for."""
+        device = resize(coarse_probs.clamp_min(1e-12).log(), size)  # (B, C, H, W): the device's own map
+        return device + nearest(F.pixel_shuffle(delta, self.cfg.subpixel), size)
+
+    def _fused(self, base: torch.Tensor, delta: torch.Tensor, cloud_probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, _, hw, ww = base.shape
+        refined = base + delta.reshape(b, base.shape[1], -1, hw, ww).mean(2)  # (B, C, h', w'): the site's mean correction
+        correction = self.fuse(refined, resize(cloud_probs, (hw, ww)))  # (B, C, h', w')
+        return resize(cloud_probs.clamp_min(CLOUD_FLOOR).log(), size) + resize(correction, size)
+
+
+def bilinear_at(logits: torch.Tensor, ys: np.ndarray, xs: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """`resize(logits, size)[0, :, ys, xs].T` without the full map: (1, C, h, w) -> (P, C), by grid_sample with the
+    same half-pixel convention (align_corners=False, border clamping) as F.interpolate."""
+    h, w = size
+    gx = torch.from_numpy((xs + 0.5) / w * 2 - 1).float()
+    gy = torch.from_numpy((ys + 0.5) / h * 2 - 1).float()
+    grid = torch.stack([gx, gy], 1)[None, None]  # (1, 1, P, 2)
+    return F.grid_sample(logits, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T  # (P, C)
