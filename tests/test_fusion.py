@@ -128,7 +128,7 @@ def test_fusion_without_a_cloud_map_is_the_refinement_alone() -> None:
     fusion = randomised(FusionConfig(num_classes=C, hidden=8))
     coarse, image, cloud = inputs(2)
     with torch.no_grad():
-        local, fused = fusion.both(coarse, image, cloud)
+        local, fused, _ = fusion.both(coarse, image, cloud)
         assert torch.equal(fusion(coarse, image), local) and torch.equal(fusion(coarse, image, cloud), fused)
         assert not torch.equal(local.argmax(1), fused.argmax(1))
 

@@ -22,8 +22,8 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from tandemseg.cli import offload as offload_cli
-from tandemseg.cli.fusion import fusion_markdown
 from tandemseg.cli.common import console, out, progress, write_json
+from tandemseg.cli.fusion import fusion_markdown
 from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.data.base import SegDataset
 from tandemseg.data.spec import open_dataset

@@ -21,7 +21,13 @@ from tandemseg.fusion.checkpoint import save_fusion
 from tandemseg.fusion.config import REFINERS, FusionConfig
 from tandemseg.fusion.engine import CollaborativeFusion
 from tandemseg.models.checkpoint import load_checkpoint
-from tandemseg.train.fusion import FusionSet, FusionTrainConfig, fusion_confusions, load_or_collect, train_fusion
+from tandemseg.train.fusion import (
+    FusionSet,
+    FusionTrainConfig,
+    fusion_confusions,
+    load_or_collect,
+    train_fusion,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="ACDC's Collaborative Fusion Engine: train it on frozen models.")
 
@@ -44,7 +50,7 @@ def train(
     layers: int = typer.Option(2, min=1, help="refiner layers (sparse / point)"),
     top_percent: float = typer.Option(10.0, help="eq. 12 mask: the most uncertain top_percent %% of the working grid"),
     work_scale: float = typer.Option(0.5, help="refine and fuse at this fraction of the frame's resolution"),
-    epochs: int = typer.Option(12, min=1, help="epochs over the cached training outputs"),
+    epochs: int = typer.Option(8, min=1, help="epochs over the cached training outputs"),
     batch_size: int = typer.Option(4, min=1),
     lr: float = typer.Option(2e-3, help="Adam learning rate (cosine decay)"),
     train_limit: int = typer.Option(None, help="first N training frames only"),

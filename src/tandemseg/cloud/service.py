@@ -31,7 +31,6 @@ from tandemseg.wire.messages import CloudReply, UploadRequest
 from tandemseg.wire.payload import FEATURES, PayloadError
 from tandemseg.wire.weights import UpdateMessage
 
-
 Predictions = tuple[list[np.ndarray], list[float], list[np.ndarray | None]]
 
 

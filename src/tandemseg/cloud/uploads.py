@@ -9,7 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from tandemseg.wire.messages import PROTOCOL_VERSION, CloudReply, UploadRequest
-from tandemseg.wire.payload import CLOUD_PROB_LEVELS, PayloadError, decode_frame, encode_label_png, pack_probs, unpack_probs
+from tandemseg.wire.payload import (
+    CLOUD_PROB_LEVELS,
+    PayloadError,
+    decode_frame,
+    encode_label_png,
+    pack_probs,
+    unpack_probs,
+)
 
 
 def decode_upload(request: UploadRequest) -> np.ndarray:

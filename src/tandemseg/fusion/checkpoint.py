@@ -12,7 +12,6 @@ import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 from torch import nn
 

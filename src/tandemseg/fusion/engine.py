@@ -116,11 +116,16 @@ class CollaborativeFusion(nn.Module):
             return self._local(coarse_probs, delta, size)
         return self._fused(base, delta, cloud_probs, size)
 
-    def both(self, coarse_probs: torch.Tensor, image: torch.Tensor, cloud_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(refined map without the cloud, fused map with it), sharing one refinement: what training compares."""
+    def both(self, coarse_probs: torch.Tensor, image: torch.Tensor, cloud_probs: torch.Tensor,
+             detach: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(refined map without the cloud, fused map with it, (B, H, W) bool: the pixels the refinement may change),
+        sharing one refinement. `detach`: the fused map's gradient stops at the refinement (training: M_u learns from
+        the refined map alone, the fusion on top of it)."""
         size = tuple(image.shape[-2:])
-        base, delta, _ = self.refined(coarse_probs, image)
-        return self._local(coarse_probs, delta, size), self._fused(base, delta, cloud_probs, size)
+        base, delta, mask = self.refined(coarse_probs, image)
+        changed = torch.ones(mask.shape[0], *size, dtype=torch.bool) if self.dense else nearest(mask[:, None].float(), size)[:, 0].bool()
+        fused = self._fused(base, delta.detach() if detach else delta, cloud_probs, size)
+        return self._local(coarse_probs, delta, size), fused, changed
 
     @torch.inference_mode()
     def local_label(self, coarse_probs: torch.Tensor, image: np.ndarray, device_pred: np.ndarray) -> np.ndarray:

@@ -8,9 +8,12 @@ reply carries them (4-bit, at the cloud decoder's resolution). Training then cos
 layers only.
 
 Loss (the paper gives none; our reading): cross-entropy at full resolution of both outputs the same module
-gives, the refined map of a frame the cloud never saw and the fused map of an answered one, summed, with
-ENet class weights of the training labels (as the device model was trained), so that refinement alone is
-trained for the 90% of frames the cloud never sees and fusion for the rest.
+gives, summed, with ENet class weights of the training labels (as the device model was trained): the refined
+map (a frame the cloud never saw) over the pixels M_u recomputes (the masked sites' pixels; every pixel for the
+dense U-Net), and the fused map (an answered frame) over every pixel with its gradient stopped at the
+refinement. Without the stop the fusion's loss, which covers every pixel, steered M_u toward serving the fusion
+and the refined map barely improved (masked-pixel accuracy on held-out train frames: 63% -> 70% after 100 steps
+with the refined loss alone over all pixels, -> 79% after 50 with it over the masked pixels).
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def collect_fusion_set(dataset: SegDataset, device_model: nn.Module, cloud_model
 
 @dataclass
 class FusionTrainConfig:
-    epochs: int = 12  # passes over the training frames
+    epochs: int = 8  # passes over the training frames
     batch_size: int = 4
     lr: float = 2e-3  # Adam; cosine decay to lr / 100
     weight_decay: float = 1e-4
@@ -144,8 +147,8 @@ def train_fusion(fusion: CollaborativeFusion, train: FusionSet, cfg: FusionTrain
         for b in range(steps):
             idx = torch.from_numpy(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
             probs, image, cloud, labels = batch_inputs(train, idx, cfg.flip and bool(rng.random() < 0.5))
-            local, fused = fusion.both(probs, image, cloud)  # (B, C, H, W) each
-            loss_local = F.cross_entropy(local, labels, weight=weight, ignore_index=ignore_index)
+            local, fused, changed = fusion.both(probs, image, cloud, detach=True)  # (B, C, H, W) x 2, (B, H, W)
+            loss_local = F.cross_entropy(local, labels.masked_fill(~changed, ignore_index), weight=weight, ignore_index=ignore_index)
             loss_fused = F.cross_entropy(fused, labels, weight=weight, ignore_index=ignore_index)
             opt.zero_grad(set_to_none=True)
             (loss_local + loss_fused).backward()
@@ -175,7 +178,7 @@ def fusion_confusions(fusion: CollaborativeFusion | None, data: FusionSet, num_c
         maps = {"device": F.interpolate(probs.clamp_min(1e-12).log(), size=size, mode="bilinear", align_corners=False),
                 "cloud": F.interpolate(cloud, size=size, mode="bilinear", align_corners=False)}
         if fusion is not None:
-            maps["refined"], maps["fused"] = fusion.both(probs, image, cloud)
+            maps["refined"], maps["fused"], _ = fusion.both(probs, image, cloud)
         for key, logits in maps.items():
             pred = logits.argmax(1)  # (B, H, W)
             for p, y in zip(pred, labels, strict=True):
