@@ -300,3 +300,26 @@ def test_the_server_sends_probabilities_only_when_asked_and_refuses_a_bad_flag()
             assert res.status_code == 400 and wire.H_REPLY_PROBS in res.json()["error"]
     finally:
         server.stop()
+
+
+def test_a_reply_the_fuse_step_cannot_use_keeps_the_cloud_map() -> None:
+    from tandemseg.wire.messages import CloudReply
+    from tandemseg.wire.payload import CLOUD_PROB_LEVELS, encode_label_png, pack_probs
+
+    class WrongClasses:
+        """A cloud answering with probabilities of another label set (5 classes)."""
+
+        def submit(self, request):
+            from concurrent.futures import Future
+
+            reply = CloudReply(request.frame_id, encode_label_png(np.full((request.height, request.width), 2, np.uint8)))
+            reply.probs, reply.probs_shape = pack_probs(np.full((5, 8, 12), 0.2), CLOUD_PROB_LEVELS)
+            done = Future()
+            done.set_result(reply)
+            return done
+
+        def close(self) -> None:
+            pass
+
+    results = run_frames(WrongClasses(), FusionStep(randomised(FusionConfig(num_classes=C, hidden=8)), "cfe"), [1])
+    assert results[1].provenance == "cloud" and (results[1].label == 2).all() and "5 classes" in results[1].extra["fuse_error"]

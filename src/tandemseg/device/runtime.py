@@ -161,8 +161,11 @@ class DeviceRuntime:
             base.provenance = "fallback:bad-reply-shape"
             return self._local(handle, base)
         t0 = time.perf_counter()
-        base.label, base.provenance = self.fuse.fuse(handle.device, label, reply), "cloud"
-        base.fuse_ms = (time.perf_counter() - t0) * 1e3
+        try:
+            base.label = self.fuse.fuse(handle.device, label, reply)
+        except Exception as e:  # a reply the fuse step cannot use (e.g. probabilities of another label set): its map stands
+            base.label, base.extra["fuse_error"] = label.astype(np.uint8), f"{type(e).__name__}: {str(e)[:120]}"
+        base.provenance, base.fuse_ms = "cloud", (time.perf_counter() - t0) * 1e3
         base.bytes_down, base.cloud_ms = reply.bytes_down, reply.cloud_ms
         self._apply_u(reply, base)
         base.u_version = self.u_version

@@ -261,6 +261,9 @@ class FusionStep:
     def fuse(self, device: DeviceOutput, cloud_label: np.ndarray, reply: CloudReply) -> np.ndarray:
         if self.mode == "refine" or device.image is None or reply.probs is None or reply.probs_shape is None:
             return cloud_label.astype(np.uint8)  # a cloud that sent no probabilities still answered with its map
+        if reply.probs_shape[0] != self.fusion.cfg.num_classes:
+            raise DataError(f"the reply's probabilities have {reply.probs_shape[0]} classes but this CFE fuses "
+                            f"{self.fusion.cfg.num_classes}; the cloud serves another label set")
         return self._label(device, unpack_probs(reply.probs, reply.probs_shape))
 
 

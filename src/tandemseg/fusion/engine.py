@@ -158,18 +158,18 @@ class CollaborativeFusion(nn.Module):
         return out
 
     def _first_taps(self, base: torch.Tensor, image: np.ndarray, index: torch.Tensor) -> torch.Tensor:
-        """The first layer's input columns at one frame's sites: coarse log-probs from `base` (1, C, h', w') and the
+        """The first layer's input columns at one frame's sites: coarse probabilities from `base` (1, C, h', w') and the
         colours of each tap's s x s frame pixels straight from the uint8 frame, exactly what `refined` gathers."""
         (h, w), (hw, ww), k, s = image.shape[:2], base.shape[-2:], self.refine.kernel, self.cfg.subpixel
         taps = tap_index(index, (1, hw, ww), k).reshape(-1)  # (N*k*k,) sites on the working grid
-        logits = base[0].reshape(base.shape[1], -1).index_select(1, taps).T  # (N*k*k, C)
+        probs = base[0].reshape(base.shape[1], -1).index_select(1, taps).T.softmax(1)  # (N*k*k, C), per tap as on the map
         rows = nearest_index(h, hw * s).reshape(hw, s)  # frame row of each (site row, sub-row)
         cols = nearest_index(w, ww * s).reshape(ww, s)
         pixels = rows[:, None, :, None] * w + cols[None, :, None, :]  # (h', w', s, s) frame pixel of each sub-pixel
         lut = torch.from_numpy(pixels.reshape(hw * ww, s * s))  # (h'*w', s^2)
         rgb = torch.from_numpy(image.reshape(-1, 3)).index_select(0, lut[taps].reshape(-1))  # (N*k*k*s^2, 3) uint8
         rgb = rgb.reshape(-1, s * s, 3).transpose(1, 2).reshape(taps.numel(), -1).float().div(255.0)  # (N*k*k, 3 s^2)
-        return torch.cat([logits, rgb], 1).reshape(index.numel(), -1)  # (N, k*k*(C+3s^2))
+        return torch.cat([probs, rgb], 1).reshape(index.numel(), -1)  # (N, k*k*(C+3s^2))
 
     def _local(self, coarse_probs: torch.Tensor, delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The device's own upsampled logits plus M_u's correction of the pixels each (masked) site stands for."""

@@ -98,15 +98,17 @@ class SparseRefiner(nn.Module):
     def at_sites(self, logits: torch.Tensor, rgb: torch.Tensor | None, index: torch.Tensor,
                  first_taps: torch.Tensor | None = None) -> torch.Tensor:
         """The correction (N, C s^2) at the sites `index` (flat over B*h*w); nothing is computed anywhere else.
-        `first_taps` (N, k*k*(C+3s^2)) replaces the first layer's gather from `cat(logits, rgb)` (a caller that reads
-        the colours straight from the frame's pixels; then `rgb` may be None)."""
+        `first_taps` (N, k*k*(C+3s^2)) replaces the first layer's gather from `cat(softmax(logits), rgb)` (a caller
+        that reads the colours straight from the frame's pixels; then `rgb` may be None). The layers read class
+        probabilities, not log-probabilities: a confident device's log-probabilities reach -25, and inputs of that
+        size made the 3x3 layers learn slower than 1x1 ones."""
         b, _, h, w = logits.shape
-        taps = first_taps if first_taps is not None else neighbourhoods(torch.cat([logits, rgb], 1), index, self.kernel)
+        taps = first_taps if first_taps is not None else neighbourhoods(torch.cat([logits.softmax(1), rgb], 1), index, self.kernel)
         for i, layer in enumerate(self.layers):
             hidden = F.relu(layer(taps))  # (N, K)
             if i + 1 < len(self.layers):  # submanifold: the next layer reads this one's outputs at masked sites only
                 taps = site_neighbourhoods(hidden, index, (b, h, w), self.kernel)  # (N, k*k*K)
-        own = logits.transpose(0, 1).reshape(logits.shape[1], -1)[:, index].T  # (N, C)
+        own = logits.transpose(0, 1).reshape(logits.shape[1], -1)[:, index].T.softmax(1)  # (N, C)
         return self.out(torch.cat([hidden, own], 1))  # (N, C s^2)
 
 
@@ -131,7 +133,7 @@ class DenseRefiner(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, logits: torch.Tensor, rgb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        e = self.enc(torch.cat([logits, rgb], 1))  # (B, K, h, w)
+        e = self.enc(torch.cat([logits.softmax(1), rgb], 1))  # (B, K, h, w)
         d = F.interpolate(self.down(e), size=e.shape[-2:], mode="bilinear", align_corners=False)  # (B, 2K, h, w)
         return self.out(self.dec(torch.cat([e, d], 1)))  # (B, C s^2, h, w)
 
