@@ -323,3 +323,19 @@ def test_a_reply_the_fuse_step_cannot_use_keeps_the_cloud_map() -> None:
 
     results = run_frames(WrongClasses(), FusionStep(randomised(FusionConfig(num_classes=C, hidden=8)), "cfe"), [1])
     assert results[1].provenance == "cloud" and (results[1].label == 2).all() and "5 classes" in results[1].extra["fuse_error"]
+
+
+def test_the_committed_synthetic_cfe_loads_for_its_device_only() -> None:
+    from tandemseg.data.spec import open_dataset
+    from tandemseg.models.checkpoint import load_checkpoint
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    device = load_checkpoint(root / "synthetic-device", expect_kind="device").model
+    ck = load_fusion(root / "synthetic-fusion", device, expect_classes=CAMVID)
+    assert ck.card["device_ckpt"] == "checkpoints/synthetic-device" and "fusion train" in ck.card["recipe"]
+    frame = open_dataset("synthetic", "val")[0].image
+    out = run_device(device, frame)
+    label = FusionStep(ck.fusion, "cfe").local(out)
+    assert label.shape == frame.shape[:2] and label.dtype == np.uint8
+    with pytest.raises(CheckpointError, match="trained on device checkpoint"):
+        load_fusion(root / "synthetic-fusion", load_checkpoint(root / "camvid-device").model)

@@ -41,3 +41,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def dataclass_from_json(cls, d: dict, error: type[Exception], what: str):
+    """`cls(**d)` for a config dataclass read back from a card, refusing keys it does not have (listing the valid
+    ones) with `error`: a card from a newer or foreign version says so instead of failing inside the constructor."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"unknown {what} field(s) {unknown}; valid: {', '.join(sorted(known))}")
+    return cls(**d)

@@ -165,7 +165,7 @@ def evaluate(
               "cloud_ckpt": str(cloud_ckpt), "uncertainty": str(uncertainty) if uncertainty else None,
               "variants": {n: {"mode": m, "ckpt": str(f)} for n, m, f in parsed}, **fusion_table(variants, masks, bootstrap, seed)}
     text = fusion_markdown(result)
-    console.print(text)
+    console.print(text, markup=False, highlight=False)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(text)

@@ -7,9 +7,10 @@ hard-coded stage name.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from tandemseg.codec.errors import CodecError
+from tandemseg.jsonio import dataclass_from_json
 
 DECODERS = ("jd", "sd+d", "none")  # joint decoder (paper), source decoder + task decoder (Ahuja et al.), float features
 
@@ -82,8 +83,4 @@ class CodecConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> CodecConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CodecError(f"unknown codec config field(s) {unknown}; valid: {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_json(cls, d, CodecError, "codec config")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +23,12 @@ from torch import nn
 
 from tandemseg.cloud.service import CloudService, ModelSegmenter
 from tandemseg.codec.model import FeatureCodec
-from tandemseg.data.base import SegDataset
+from tandemseg.data.base import Sample, SegDataset
 from tandemseg.data.classes import ClassTable
 from tandemseg.device.budget import FixedSelection
 from tandemseg.device.link import InProcessLink
 from tandemseg.device.policies import make_policy
-from tandemseg.device.runtime import DeviceRuntime
+from tandemseg.device.runtime import DeviceRuntime, FrameHandle, FrameResult
 from tandemseg.device.steps import FuseStep, make_device_steps
 from tandemseg.errors import DataError
 from tandemseg.eval.boundary import boundary_counts
@@ -132,6 +132,17 @@ def source_of(dataset: SegDataset, index: int) -> int:
     return index if at is None else int(at(index))
 
 
+def through_runtime(dataset: SegDataset, runtime: DeviceRuntime, n: int) -> Iterator[tuple[int, Sample, FrameHandle, FrameResult]]:
+    """Frames 0..n-1 through `runtime`, each finished before the next, as (index, sample, handle, result); the heap
+    is trimmed every 16 frames (long loops)."""
+    heap = HeapTrimmer()
+    for i in range(n):
+        heap.tick()
+        s = dataset[i]
+        handle = runtime.process(s.image, i)
+        yield i, s, handle, runtime.finish(handle)
+
+
 def build_cache(
     dataset: SegDataset, device_model: nn.Module, cloud_model: nn.Module, codec: str = "png", limit: int | None = None,
     send_device_probs: bool = False, on_frame: Callable[[], None] | None = None, feature_codec: FeatureCodec | None = None,
@@ -151,12 +162,7 @@ def build_cache(
     if n == 0:
         raise ValueError("the evaluation stream is empty")
     rows: dict[str, list] = {k: [] for k in ("probs", "dcm", "ccm", "cpred", "up", "down", "dms", "cms", "cond", "src", "dbf", "cbf", "lms", "fms")}
-    heap = HeapTrimmer()
-    for i in range(n):
-        heap.tick()
-        s = dataset[i]
-        handle = runtime.process(s.image, i)
-        res = runtime.finish(handle)
+    for i, s, handle, res in through_runtime(dataset, runtime, n):
         if res.provenance != "cloud":
             raise RuntimeError(f"frame {i}: the in-process cloud did not answer ({res.provenance})")
         t0 = time.perf_counter()

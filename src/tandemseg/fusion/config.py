@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from tandemseg.errors import SpecError
+from tandemseg.jsonio import dataclass_from_json
 
 REFINERS = ("sparse", "point", "dense")
 
@@ -40,8 +41,4 @@ class FusionConfig:
 
     @classmethod
     def from_json(cls, d: dict) -> FusionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SpecError(f"unknown fusion config key(s) {unknown}; valid: {', '.join(sorted(known))}")
-        return cls(**d)
+        return dataclass_from_json(cls, d, SpecError, "fusion config")

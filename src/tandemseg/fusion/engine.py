@@ -90,6 +90,7 @@ class CollaborativeFusion(nn.Module):
         self.cfg = cfg
         self.refine = make_refiner(cfg)
         self.fuse = DualFusion(cfg)
+        self._luts: dict[tuple[int, ...], torch.Tensor] = {}  # frame size -> pixel lookup of the label path
 
     @property
     def dense(self) -> bool:
@@ -144,14 +145,8 @@ class CollaborativeFusion(nn.Module):
         if index.numel() == 0:
             return device_pred.astype(np.uint8)
         delta = self.refine.at_sites(base, None, index, self._first_taps(base, image, index))  # (N, C s^2)
-        fine_rows, fine_cols = nearest_index(hw * s, h), nearest_index(ww * s, w)  # each frame pixel's sub-pixel
-        site = (fine_rows // s)[:, None] * ww + (fine_cols // s)[None, :]  # (H, W) its working-grid site
-        slot = np.full(hw * ww, -1)
-        slot[index.numpy()] = np.arange(index.numel())
-        row = slot[site]  # (H, W) the site's row in `delta`, -1 where the site is not masked
-        ys, xs = np.nonzero(row >= 0)
-        sub = (fine_rows[ys] % s) * s + fine_cols[xs] % s  # (P,) pixel-shuffle position within the site
-        correction = delta.reshape(-1, c, s * s)[torch.from_numpy(row[ys, xs]), :, torch.from_numpy(sub)]  # (P, C)
+        ys, xs, rows, subs = site_pixels(index.numpy(), (hw, ww), (h, w), s)  # the frame pixels the sites stand for
+        correction = delta.reshape(-1, c, s * s)[torch.from_numpy(rows), :, torch.from_numpy(subs)]  # (P, C)
         labels = (bilinear_at(logp, ys, xs, (h, w)) + correction).max(1).indices.to(torch.uint8).numpy()  # (P,)
         out = device_pred.astype(np.uint8, copy=True)
         out[ys, xs] = labels
@@ -163,13 +158,23 @@ class CollaborativeFusion(nn.Module):
         (h, w), (hw, ww), k, s = image.shape[:2], base.shape[-2:], self.refine.kernel, self.cfg.subpixel
         taps = tap_index(index, (1, hw, ww), k).reshape(-1)  # (N*k*k,) sites on the working grid
         probs = base[0].reshape(base.shape[1], -1).index_select(1, taps).T.softmax(1)  # (N*k*k, C), per tap as on the map
-        rows = nearest_index(h, hw * s).reshape(hw, s)  # frame row of each (site row, sub-row)
-        cols = nearest_index(w, ww * s).reshape(ww, s)
-        pixels = rows[:, None, :, None] * w + cols[None, :, None, :]  # (h', w', s, s) frame pixel of each sub-pixel
-        lut = torch.from_numpy(pixels.reshape(hw * ww, s * s))  # (h'*w', s^2)
+        lut = self._pixel_lut((h, w), (hw, ww))  # (h'*w', s^2) frame pixel of each site's sub-pixels
         rgb = torch.from_numpy(image.reshape(-1, 3)).index_select(0, lut[taps].reshape(-1))  # (N*k*k*s^2, 3) uint8
         rgb = rgb.reshape(-1, s * s, 3).transpose(1, 2).reshape(taps.numel(), -1).float().div(255.0)  # (N*k*k, 3 s^2)
         return torch.cat([probs, rgb], 1).reshape(index.numel(), -1)  # (N, k*k*(C+3s^2))
+
+    def _pixel_lut(self, size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+        """(h'*w', s^2): the frame pixel (flat) each site's sub-pixels read, as `nearest` + `pixel_unshuffle` pick them.
+        Kept per frame size (at most 4 sizes): a device streams one size, and building it is a third of the cost."""
+        key = (*size, *grid)
+        if key not in self._luts:
+            (h, w), (hw, ww), s = size, grid, self.cfg.subpixel
+            rows = nearest_index(h, hw * s).reshape(hw, s)  # frame row of each (site row, sub-row)
+            cols = nearest_index(w, ww * s).reshape(ww, s)
+            if len(self._luts) >= 4:
+                self._luts.pop(next(iter(self._luts)))
+            self._luts[key] = torch.from_numpy((rows[:, None, :, None] * w + cols[None, :, None, :]).reshape(hw * ww, s * s))
+        return self._luts[key]
 
     def _local(self, coarse_probs: torch.Tensor, delta: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The device's own upsampled logits plus M_u's correction of the pixels each (masked) site stands for."""
@@ -181,6 +186,23 @@ class CollaborativeFusion(nn.Module):
         refined = base + delta.reshape(b, base.shape[1], -1, hw, ww).mean(2)  # (B, C, h', w'): the site's mean correction
         correction = self.fuse(refined, resize(cloud_probs, (hw, ww)))  # (B, C, h', w')
         return resize(cloud_probs.clamp_min(CLOUD_FLOOR).log(), size) + resize(correction, size)
+
+
+def site_pixels(index: np.ndarray, grid: tuple[int, int], size: tuple[int, int], s: int) -> tuple[np.ndarray, ...]:
+    """Working-grid sites (N,) -> the frame pixels they stand for: (ys, xs) (P,), each pixel's site row in `index`
+    and its pixel-shuffle position (P,), as `nearest(pixel_shuffle(...), size)` assigns them."""
+    (hw, ww), (h, w) = grid, size
+    if (h, w) == (hw * s, ww * s):  # the usual case: every site stands for exactly its s x s block
+        offsets = np.arange(s)
+        ys = ((index // ww)[:, None, None] * s + offsets[None, :, None]).repeat(s, 2).reshape(-1)  # (N*s*s,)
+        xs = ((index % ww)[:, None, None] * s + offsets[None, None, :]).repeat(s, 1).reshape(-1)
+        return ys, xs, np.arange(index.size).repeat(s * s), np.tile(np.arange(s * s), index.size)
+    fine_rows, fine_cols = nearest_index(hw * s, h), nearest_index(ww * s, w)  # each frame pixel's sub-pixel
+    slot = np.full(hw * ww, -1)
+    slot[index] = np.arange(index.size)
+    row = slot[(fine_rows // s)[:, None] * ww + (fine_cols // s)[None, :]]  # (H, W) the site's row, -1 if unmasked
+    ys, xs = np.nonzero(row >= 0)
+    return ys, xs, row[ys, xs], (fine_rows[ys] % s) * s + fine_cols[xs] % s
 
 
 def bilinear_at(logits: torch.Tensor, ys: np.ndarray, xs: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

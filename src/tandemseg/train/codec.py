@@ -14,7 +14,6 @@ the full-resolution input frame (what an image codec would code), not of the dev
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from tandemseg.codec.loss import rd_loss
 from tandemseg.codec.model import FeatureCodec
 from tandemseg.eval.codec import FeatureSet, evaluate_codec
+from tandemseg.train.trainer import adam_cosine
 
 
 @dataclass
@@ -44,9 +44,7 @@ def train_codec(codec: FeatureCodec, train: FeatureSet, val: FeatureSet | None, 
     the real-bitstream validation figures every `eval_every` epochs and at the end)."""
     torch.manual_seed(cfg.seed)
     params = [p for p in codec.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    steps = max(1, math.ceil(len(train) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps, eta_min=cfg.lr / 100)
+    opt, sched, steps = adam_cosine(params, cfg.lr, cfg.epochs, len(train), cfg.batch_size)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch])

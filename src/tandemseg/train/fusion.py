@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,9 +40,9 @@ from tandemseg.device.policies import make_policy
 from tandemseg.device.runtime import DeviceRuntime
 from tandemseg.device.steps import CloudLabel, DeviceOutput
 from tandemseg.errors import DataError
+from tandemseg.eval.cache import through_runtime
 from tandemseg.fusion.engine import CollaborativeFusion
-from tandemseg.heap import HeapTrimmer
-from tandemseg.train.trainer import class_weights
+from tandemseg.train.trainer import adam_cosine, class_weights
 from tandemseg.wire.messages import CloudReply
 from tandemseg.wire.payload import unpack_probs
 
@@ -83,12 +82,7 @@ def collect_fusion_set(dataset: SegDataset, device_model: nn.Module, cloud_model
     runtime = DeviceRuntime(device_model, make_policy("all"), FixedSelection([]), link, fuse=keep)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     rows: dict[str, list] = {"probs": [], "cloud": [], "images": [], "labels": [], "bytes": []}
-    heap = HeapTrimmer()
-    for i in range(n):
-        heap.tick()
-        s = dataset[i]
-        handle = runtime.process(s.image, i)
-        result = runtime.finish(handle)
+    for i, s, handle, result in through_runtime(dataset, runtime, n):
         reply = keep.reply
         if result.provenance != "cloud" or reply is None or reply.probs is None:
             raise RuntimeError(f"frame {i}: the in-process cloud sent no probabilities ({result.provenance})")
@@ -134,9 +128,7 @@ def train_fusion(fusion: CollaborativeFusion, train: FusionSet, cfg: FusionTrain
     torch.manual_seed(cfg.seed)
     num_classes = fusion.cfg.num_classes
     weight = class_weights([lab.numpy() for lab in train.labels], num_classes, ignore_index) if cfg.class_weighting else None
-    opt = torch.optim.Adam(fusion.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, math.ceil(len(train) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps, eta_min=cfg.lr / 100)
+    opt, sched, steps = adam_cosine(fusion.parameters(), cfg.lr, cfg.epochs, len(train), cfg.batch_size, cfg.weight_decay)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch])

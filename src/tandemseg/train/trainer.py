@@ -69,6 +69,14 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
+def adam_cosine(params, lr: float, epochs: int, items: int, batch_size: int, weight_decay: float = 0.0):
+    """Adam with a cosine decay to lr / 100 over every step of `epochs` passes over `items` in batches: the schedule of
+    the small trainers on cached features (codec, CFE). Returns (optimizer, scheduler, steps per epoch)."""
+    steps = max(1, math.ceil(items / batch_size))
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps, eta_min=lr / 100), steps
+
+
 def class_weights(labels: list[np.ndarray], num_classes: int, ignore: int) -> torch.Tensor:
     """ENet weighting w_c = 1 / ln(1.02 + p_c) from the training label frequencies p_c."""
     counts = np.zeros(num_classes, dtype=np.float64)
