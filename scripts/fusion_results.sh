@@ -28,7 +28,8 @@ train() {  # NAME ARGS...: one variant into runs/fusion/NAME (skipped when its c
     --out "$RUNS/$name" "$@" --json "$RUNS/$name.json"
 }
 if [[ ${TRAIN:-1} == 1 ]]; then
-  train sparse-l2 --refiner sparse --layers 2          # the headline CFE (committed as checkpoints/camvid-fusion)
+  train sparse-l2 --refiner sparse --layers 2          # the headline CFE, copied to checkpoints/camvid-fusion
+  [[ -f checkpoints/camvid-fusion/card.json ]] || cp -r "$RUNS/sparse-l2" checkpoints/camvid-fusion
   train point-l2 --refiner point --layers 2            # PointRend-style point head, same sites and inputs
   train sparse-l1 --refiner sparse --layers 1
   train dense --refiner dense --hidden 16              # the dense small U-Net (16 channels: 32 cost more than the device)
@@ -41,14 +42,14 @@ fi
 
 # Table 5 (+ Table 4's rows as full CFE) on clean val, acdc and entropy at 5 / 10 / 20% uploads
 nice -n 5 $T fusion eval --device-ckpt "$DEV" --cloud-ckpt "$CLOUD" --data "$DATA" --uncertainty "$U" --cache-dir "$CACHE" \
-  --variant point=refine:$RUNS/point-l2 --variant dense=refine:$RUNS/dense --variant sparse=refine:$RUNS/sparse-l2 \
-  --variant cfe=cfe:$RUNS/sparse-l2 --variant point+fuse=cfe:$RUNS/point-l2 --variant dense+fuse=cfe:$RUNS/dense \
+  --variant point=refine:$RUNS/point-l2 --variant dense=refine:$RUNS/dense --variant sparse=refine:checkpoints/camvid-fusion \
+  --variant cfe=cfe:checkpoints/camvid-fusion --variant point+fuse=cfe:$RUNS/point-l2 --variant dense+fuse=cfe:$RUNS/dense \
   --variant cfe-1layer=cfe:$RUNS/sparse-l1 --variant cfe-mask5=cfe:$RUNS/sparse-l2-p5 --variant cfe-mask20=cfe:$RUNS/sparse-l2-p20 \
   --json "$OUT/clean.json" --markdown "$OUT/clean.md"
 # the mixed shift stream: base, refinement alone, full CFE
 nice -n 5 $T fusion eval --device-ckpt "$DEV" --cloud-ckpt "$CLOUD" --data "$DATA" --uncertainty "$U" --cache-dir "$CACHE" \
   --shift stream:mixed/10 --repeat-schedules 3 \
-  --variant sparse=refine:$RUNS/sparse-l2 --variant cfe=cfe:$RUNS/sparse-l2 \
+  --variant sparse=refine:checkpoints/camvid-fusion --variant cfe=cfe:checkpoints/camvid-fusion \
   --json "$OUT/mixed.json" --markdown "$OUT/mixed.md"
 # Fig. 4: four val frames fixed in advance (evenly spaced), through the runtime's steps
 $T fusion figure --device-ckpt "$DEV" --cloud-ckpt "$CLOUD" --fusion-ckpt checkpoints/camvid-fusion --data "$DATA" \

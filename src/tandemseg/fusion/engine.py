@@ -159,7 +159,7 @@ class CollaborativeFusion(nn.Module):
         taps = tap_index(index, (1, hw, ww), k).reshape(-1)  # (N*k*k,) sites on the working grid
         probs = base[0].reshape(base.shape[1], -1).index_select(1, taps).T.softmax(1)  # (N*k*k, C), per tap as on the map
         lut = self._pixel_lut((h, w), (hw, ww))  # (h'*w', s^2) frame pixel of each site's sub-pixels
-        rgb = torch.from_numpy(image.reshape(-1, 3)).index_select(0, lut[taps].reshape(-1))  # (N*k*k*s^2, 3) uint8
+        rgb = torch.from_numpy(image.reshape(-1, 3)[lut[taps].reshape(-1).numpy()])  # (N*k*k*s^2, 3) uint8 (a new array: frames may be read-only)
         rgb = rgb.reshape(-1, s * s, 3).transpose(1, 2).reshape(taps.numel(), -1).float().div(255.0)  # (N*k*k, 3 s^2)
         return torch.cat([probs, rgb], 1).reshape(index.numel(), -1)  # (N, k*k*(C+3s^2))
 

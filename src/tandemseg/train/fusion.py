@@ -88,7 +88,7 @@ def collect_fusion_set(dataset: SegDataset, device_model: nn.Module, cloud_model
             raise RuntimeError(f"frame {i}: the in-process cloud sent no probabilities ({result.provenance})")
         rows["probs"].append(handle.device.probs.half())
         rows["cloud"].append(torch.from_numpy(unpack_probs(reply.probs, reply.probs_shape)).half())
-        rows["images"].append(torch.from_numpy(np.ascontiguousarray(s.image)).clone())
+        rows["images"].append(torch.from_numpy(np.array(s.image)))  # a copy: dataset frames may be read-only
         rows["labels"].append(torch.from_numpy(s.label.astype(np.int64)))
         rows["bytes"].append(len(reply.probs))
         if on_frame:
