@@ -174,10 +174,10 @@ def models_markdown(payload: dict) -> str:
         f"ONNX Runtime {m['onnxruntime']}; 1-minute load average {_fmt(payload.get('load_avg_1min_start'), '.1f')} when the run "
         f"started, {_fmt(m['load_avg_1min'], '.1f')} when it ended. "
         f"Batch 1, {payload['warmup']} warm-up passes, {payload['runs']} timed passes.",
-        "",
-        "| model | kind | threads | params (M) | input -> computed at | GFLOPs | PyTorch ms (median / p90) | ONNX Runtime ms (median) | peak memory (MB) | val mIoU (card) |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
+    if payload["models"]:
+        lines += ["", "| model | kind | threads | params (M) | input -> computed at | GFLOPs | PyTorch ms (median / p90) | "
+                  "ONNX Runtime ms (median) | peak memory (MB) | val mIoU (card) |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in payload["models"]:
         lines.append(
             f"| {r['model']} | {r['kind']} | {r['threads']} | {r['parameters'] / 1e6:.2f} | {_sizes(r)} | {r['gflops']:.2f} | "
@@ -188,7 +188,8 @@ def models_markdown(payload: dict) -> str:
         lines += ["", "## CFE (ACDC sec. 3.2.3) on top of the device model step", "",
                   "The device model step is the runtime's (`run_device`: network, upsampling, label map). `+ refine` is the fuse",
                   "step of a frame the cloud did not answer (the refined map), `+ refine + fuse` of an answered one (the reply's",
-                  "4-bit probabilities unpacked and fused). Interleaved runs on one random frame (the mask is a fixed share).", "",
+                  "4-bit probabilities unpacked and fused). Interleaved runs on one random noise frame; about the mask's share of the",
+                  "sites is refined (eq. 12's tau is a per-frame quantile). Compare overheads within a row: the machine's speed drifts.", "",
                   "| CFE | threads | refiner | params | device step ms | + refine ms | overhead | + refine + fuse ms |",
                   "|---|---:|---|---:|---:|---:|---:|---:|"]
         for r in payload["fusion"]:

@@ -138,8 +138,10 @@ class CollaborativeFusion(nn.Module):
             frame = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0)  # (1, 3, H, W)
             return self(coarse_probs, frame).max(1).indices[0].to(torch.uint8).numpy()
         (hw, ww), s, c = self.work_size((h, w)), self.cfg.subpixel, coarse_probs.shape[1]
+        # the device's outputs come channels-last (its convolutions' layout): every gather below wants rows of pixels
+        coarse_probs = coarse_probs.contiguous()
         logp = coarse_probs.clamp_min(1e-12).log()  # (1, C, h, w)
-        base = resize(logp, (hw, ww))  # (1, C, h', w')
+        base = resize(logp, (hw, ww)).contiguous()  # (1, C, h', w')
         mask = uncertain_mask(pixel_entropy(coarse_probs), (hw, ww), self.cfg.top_percent)  # (1, h', w')
         index = flat_index(mask)  # (N,)
         if index.numel() == 0:
@@ -159,7 +161,8 @@ class CollaborativeFusion(nn.Module):
         taps = tap_index(index, (1, hw, ww), k).reshape(-1)  # (N*k*k,) sites on the working grid
         probs = base[0].reshape(base.shape[1], -1).index_select(1, taps).T.softmax(1)  # (N*k*k, C), per tap as on the map
         lut = self._pixel_lut((h, w), (hw, ww))  # (h'*w', s^2) frame pixel of each site's sub-pixels
-        rgb = torch.from_numpy(image.reshape(-1, 3)[lut[taps].reshape(-1).numpy()])  # (N*k*k*s^2, 3) uint8 (a new array: frames may be read-only)
+        pixels = torch.from_numpy(np.require(image, requirements=["C", "W"]).reshape(-1, 3))  # (H*W, 3); copied only if read-only
+        rgb = pixels.index_select(0, lut[taps].reshape(-1))  # (N*k*k*s^2, 3) uint8
         rgb = rgb.reshape(-1, s * s, 3).transpose(1, 2).reshape(taps.numel(), -1).float().div(255.0)  # (N*k*k, 3 s^2)
         return torch.cat([probs, rgb], 1).reshape(index.numel(), -1)  # (N, k*k*(C+3s^2))
 

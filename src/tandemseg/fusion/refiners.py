@@ -8,10 +8,9 @@ runs on the coarser grid. `SparseRefiner` and `PointRefiner` compute the masked 
 else; `DenseRefiner` is the dense small U-Net the paper compares against (every site). Each ends in a
 zero-initialised layer, so an untrained refiner corrects nothing.
 
-Sparse convolution by gather-compute-scatter in plain torch, not spconv: spconv 2.3.8 installs and runs here
-and one submanifold layer at 10% of a full 360x480 frame took 6.4 ms against 17.7 ms for this gather, but at the
-working resolution (1/2, ~4,300 active sites) the gather already fits the latency budget (docs/results/fusion.md,
-`bench models`), and plain torch keeps the device free of a native dependency whose CPU wheel exists for x86 only.
+Sparse convolution by gather-compute-scatter in plain torch, not spconv: spconv 2.3.8 installs and runs here and
+was faster than a first version of this gather, but plain torch keeps the device free of a compiled dependency
+whose CPU wheels exist for x86-64 Linux only. The cost that remains is in docs/results/fusion.md (`bench models`).
 """
 
 from __future__ import annotations
