@@ -36,6 +36,7 @@ if [[ ${TRAIN:-1} == 1 ]]; then
   train sparse-l2-p5 --refiner sparse --layers 2 --top-percent 5
   train sparse-l2-p20 --refiner sparse --layers 2 --top-percent 20
 fi
+# The training choices (loss, weighting) were checked on held-out TRAIN frames: scripts/fusion_design_checks.py
 # The committed checkpoint is the headline run's folder (its card's recipe names this path):
 #   tandemseg fusion train --device-ckpt checkpoints/camvid-device --cloud-ckpt checkpoints/camvid-cloud \
 #     --data camvid:../shared/data/camvid --out checkpoints/camvid-fusion --refiner sparse --layers 2

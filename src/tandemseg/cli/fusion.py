@@ -173,10 +173,12 @@ def evaluate(
 
 
 def _pp(value: float | None, ci: list[float] | None = None, signed: bool = False) -> str:
+    """A fraction as a percentage with its interval: '62.48 [61.5, 63.4]', or signed '+2.14 [+1.93, +2.33]'."""
     if value is None:
         return "-"
-    body = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
-    return body if ci is None else f"{body} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if signed else f"{body} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    spec, ci_spec = ("+.2f", "+.2f") if signed else (".2f", ".1f")
+    body = format(100 * value, spec)
+    return body if ci is None else f"{body} [{format(100 * ci[0], ci_spec)}, {format(100 * ci[1], ci_spec)}]"
 
 
 def fusion_markdown(result: dict) -> str:

@@ -246,11 +246,10 @@ class FusionStep:
         self.wants_cloud_probs = mode == "cfe"
 
     @torch.inference_mode()
-    def _label(self, device: DeviceOutput, cloud_probs: np.ndarray | None) -> np.ndarray:
-        image = to_tensor([device.image])  # (1, 3, H, W)
-        cloud = None if cloud_probs is None else torch.from_numpy(cloud_probs)[None]  # (1, C, hc, wc)
-        logits = self.fusion(device.probs[None], image, cloud)  # (1, C, H, W)
-        return logits.max(1).indices[0].to(torch.uint8).numpy()  # (H, W); max, not argmax: 5x faster on CPU
+    def _fused_label(self, device: DeviceOutput, cloud_probs: np.ndarray) -> np.ndarray:
+        cloud = torch.from_numpy(cloud_probs)[None]  # (1, C, hc, wc)
+        logits = self.fusion(device.probs[None], to_tensor([device.image]), cloud)  # (1, C, H, W)
+        return logits.max(1).indices[0].to(torch.uint8).numpy()  # (H, W); max(1): faster than argmax(1) on CPU here
 
     @torch.inference_mode()
     def local(self, device: DeviceOutput) -> np.ndarray | None:
@@ -264,7 +263,7 @@ class FusionStep:
         if reply.probs_shape[0] != self.fusion.cfg.num_classes:
             raise DataError(f"the reply's probabilities have {reply.probs_shape[0]} classes but this CFE fuses "
                             f"{self.fusion.cfg.num_classes}; the cloud serves another label set")
-        return self._label(device, unpack_probs(reply.probs, reply.probs_shape))
+        return self._fused_label(device, unpack_probs(reply.probs, reply.probs_shape))
 
 
 def make_fuse_step(mode: str, fusion: CollaborativeFusion | None) -> FuseStep:

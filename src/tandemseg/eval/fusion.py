@@ -50,18 +50,19 @@ def fusion_table(variants: Sequence[Variant], masks: dict[tuple[str, float], np.
     boot = Resamples.draw(base.cache.sources, resamples, seed)
     none = np.zeros(base.cache.frames, bool)
     settings = [("device only", 0.0, none)] + [(p, r, m) for (p, r), m in masks.items()]
-    base_samples = {label_of(p, r): boot.miou(collab_frame_cms(base.cache, m)) for p, r, m in settings}
+    base_cms = {label_of(p, r): collab_frame_cms(base.cache, m) for p, r, m in settings}
+    base_samples = {key: boot.miou(cms) for key, cms in base_cms.items()}
     rows = []
     for v in variants:
         for policy, rate, mask in settings:
+            key = label_of(policy, rate)
             cms = collab_frame_cms(v.cache, mask)
-            samples = boot.miou(cms)
+            samples, miou = boot.miou(cms), miou_of(cms.sum(0))
             bf = _selected_bf(v.cache, mask)
             rows.append({
                 "variant": v.name, "mode": v.mode, "policy": policy, "target_rate": rate, "upload_rate": float(mask.mean()),
-                "miou": miou_of(cms.sum(0)), "miou_ci": boot.ci(samples),
-                "delta_vs_base": miou_of(cms.sum(0)) - miou_of(collab_frame_cms(base.cache, mask).sum(0)),
-                "delta_vs_base_ci": boot.ci(samples - base_samples[label_of(policy, rate)]),
+                "miou": miou, "miou_ci": boot.ci(samples),
+                "delta_vs_base": miou - miou_of(base_cms[key].sum(0)), "delta_vs_base_ci": boot.ci(samples - base_samples[key]),
                 "boundary_f": boundary_f(bf), "boundary_f_ci": boot.ci(resampled_boundary_f(bf, boot.weights)),
                 "bytes_down_per_upload": float(v.cache.bytes_down[mask].mean()) if mask.any() else None,
             })

@@ -10,10 +10,10 @@ layers only.
 Loss (the paper gives none; our reading): cross-entropy at full resolution of both outputs the same module
 gives, summed, unweighted: the refined map (a frame the cloud never saw) over the pixels M_u recomputes (the
 masked sites' pixels; every pixel for the dense U-Net), and the fused map (an answered frame) over every pixel,
-its gradient stopped at the refinement. These choices were made on train frames the CFE did not train on
-(train[:300] -> train[300:], never val; docs/methods/fusion.md): with the fusion's gradient reaching M_u and
-the refined loss over every pixel the refined map barely moved; ENet class weights (as the device was trained)
-gave +0.6 pp refined against +1.7 pp unweighted, and 65.1 against 66.8 fused.
+its gradient stopped at the refinement. With the fusion's gradient reaching M_u and the refined loss over every
+pixel, a first version's refined training loss stayed flat. The weighting was chosen on train frames the CFE did
+not train on (train[:300] -> train[300:], never val; scripts/fusion_design_checks.py): ENet class weights (as the
+device was trained) gave +0.6 pp refined against +1.7 pp unweighted, and 65.1 against 66.8 fused.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def save_fusion_set(data: FusionSet, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_fusion_set(path: Path, ignore_index: int) -> FusionSet:
+def load_fusion_set(path: Path) -> FusionSet:
     try:
         t = load_file(str(path))
         labels = t["labels"].long()
@@ -210,7 +210,7 @@ def load_or_collect(dataset: SegDataset, device_model: nn.Module, cloud_model: n
     key = hashlib.sha1(json.dumps({**identity, "frames": n, "v": 2}, sort_keys=True).encode()).hexdigest()[:16]  # 2: 4-bit replies
     path = cache_dir / f"fusion-{key}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
-        return load_fusion_set(path, dataset.classes.ignore_index)
+        return load_fusion_set(path)
     data = collect_fusion_set(dataset, device_model, cloud_model, limit, on_frame)
     if path is not None:
         save_fusion_set(data, path)

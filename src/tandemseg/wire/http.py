@@ -320,7 +320,7 @@ def _reply_probs(headers: Mapping[str, str], available: int) -> tuple[tuple[int,
     if shape_text is None:
         return None, 0
     shape = parse_dims(shape_text, H_CLOUD_PROBS_SHAPE, 3, 8192)
-    n = parse_int(_header(headers, H_CLOUD_PROBS_BYTES), H_CLOUD_PROBS_BYTES, 1, max(1, available))
+    n = parse_int(_header(headers, H_CLOUD_PROBS_BYTES), H_CLOUD_PROBS_BYTES, 1)
     if n > available:
         raise WireError(f"{H_CLOUD_PROBS_BYTES} = {n} but only {available} bytes follow the label map")
     return shape, n

@@ -140,9 +140,9 @@ def unpack_probs(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     try:
         raw = zlib.decompress(data)
     except zlib.error as e:
-        raise PayloadError(f"device_probs payload is not zlib data: {e}") from None
+        raise PayloadError(f"the probabilities payload is not zlib data: {e}") from None
     c, h, w = (int(s) for s in shape)
     if len(raw) != c * h * w:
-        raise PayloadError(f"device_probs holds {len(raw)} values but its shape {tuple(shape)} needs {c * h * w}")
+        raise PayloadError(f"the probabilities hold {len(raw)} values but their shape {tuple(shape)} needs {c * h * w}")
     p = np.frombuffer(raw, dtype=np.uint8).reshape(c, h, w).astype(np.float32) / 255.0  # (C, h, w)
     return p / np.maximum(p.sum(0, keepdims=True), 1e-6)
